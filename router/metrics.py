@@ -1,0 +1,134 @@
+"""Every Prometheus metric the proxy exports, defined once.
+
+Each app owns its own `CollectorRegistry` (no module-level state), so tests can run
+several proxies in one process. Label values are always bounded: a client key is known
+by its configured name, a model the config does not know is counted as `unknown`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+UNKNOWN = "unknown"
+ANONYMOUS = "anonymous"
+
+# LLM calls take from a few milliseconds (a cached error) to minutes (a long generation).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class Metrics:
+    """The proxy's metrics on one registry; `render()` is the /metrics body."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "router_requests_total",
+            "Client requests by public model, provider that served, client key, endpoint, stream and status class.",
+            ["model", "provider", "key", "endpoint", "stream", "status_class"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "router_request_duration_seconds",
+            "Whole-request latency seen by the client, to the last byte.",
+            ["model", "provider", "endpoint", "stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "router_upstream_duration_seconds",
+            "Latency of one upstream attempt, to the response headers (non-stream: the whole body).",
+            ["provider", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "router_time_to_first_token_seconds",
+            "Time from the request's arrival to the first streamed event sent to the client.",
+            ["model", "provider"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "router_overhead_seconds",
+            "Time the proxy itself spent on a request, outside upstream calls and backoff waits.",
+            ["endpoint", "stream"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "router_tokens_total",
+            "Tokens by kind (prompt, completion, cached) as the vendor reported them.",
+            ["model", "provider", "key", "kind"],
+            registry=r,
+        )
+        self.spend = Counter(
+            "router_spend_usd_total",
+            "Spend in USD from the price table and the vendor's reported usage.",
+            ["key", "model", "provider"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "router_upstream_attempts_total",
+            "Upstream attempts by provider and outcome (ok, or the failure reason).",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "router_retries_total",
+            "Retries of the same target, by provider and the reason for the retry.",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "router_fallbacks_total",
+            "Moves from one target to the next, by the provider left and the reason.",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.limit_rejections = Counter(
+            "router_limit_rejections_total",
+            "Requests refused or targets skipped by a rate limit or budget, by scope and limit.",
+            ["scope", "limit"],
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "router_circuit_state",
+            "Circuit breaker state per target: 0 closed, 1 half-open, 2 open.",
+            ["target"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "router_requests_in_flight",
+            "Client requests being served right now.",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "router_config_reloads_total",
+            "routes.yaml reloads by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "router_redis_errors_total",
+            "Shared-state operations that failed against Redis, by operation.",
+            ["op"],
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "router_redis_up",
+            "1 when the shared-state backend answers, 0 while the proxy runs on local state.",
+            registry=r,
+        )
+        self.config_info = Gauge(
+            "router_config_generation",
+            "Generation number of the routes table in force (rises on every successful reload).",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

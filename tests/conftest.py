@@ -1,0 +1,3 @@
+"""Shared fixtures. Each resource's fixtures live in their own plugin module below."""
+
+pytest_plugins: list[str] = []
