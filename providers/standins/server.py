@@ -1,0 +1,185 @@
+"""One request cycle of a stand-in: record, authenticate, validate, then play the script.
+
+The order mirrors a real vendor: a bad key is refused before anything else, a body the
+vendor's schema rejects is refused before the model runs, and only then does the scripted
+step (or the default success) decide the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from providers.standins.base import BreakStream, Fail, Hang, Headers, RecordedRequest, Reply, StandinControl, Step
+from providers.standins.dialect import Call, Dialect
+
+EventTap = Callable[[dict[str, Any]], None]
+
+# Set on a request (by a test middleware) to see every SSE JSON payload the stand-in sends.
+EVENT_TAP: web.RequestKey[EventTap] = web.RequestKey("standin_event_tap", object)  # type: ignore[arg-type]
+
+PLAIN_502 = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+
+
+def split_text(text: str, pieces: int) -> list[str]:
+    """`text` cut into `pieces` nearly equal parts (some empty when the text is short)."""
+    pieces = max(1, pieces)
+    bounds = [round(i * len(text) / pieces) for i in range(pieces + 1)]
+    return [text[bounds[i] : bounds[i + 1]] for i in range(pieces)]
+
+
+def demo_text(call: Call, prompt: str) -> str:
+    """What the demo answers: who answered, and a short echo of the prompt."""
+    said = " ".join(prompt.split())
+    if len(said) > 60:
+        said = said[:57] + "..."
+    return f"[{call.kind}:{call.model}] Hello from the stand-in. You said: {said!r}"
+
+
+class StandinServer:
+    """The aiohttp handlers of one stand-in, for one dialect, control and API key."""
+
+    def __init__(self, dialect: Dialect, control: StandinControl, api_key: str | None) -> None:
+        self.dialect = dialect
+        self.control = control
+        self.api_key = api_key
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        for op, path in self.dialect.paths().items():
+            app.router.add_post(path, self._handler(op))
+        app.router.add_route("*", "/{tail:.*}", self.unknown_path)
+        return app
+
+    def _handler(self, op: str) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self.handle(request, op)
+
+        return handle
+
+    async def unknown_path(self, request: web.Request) -> web.StreamResponse:
+        call = self._call(request, "completions", {})
+        return self.fail(call, Fail("bad_request"), kind="not_found")
+
+    def _call(self, request: web.Request, op: str, body: dict[str, Any]) -> Call:
+        return Call(self.dialect.kind, op, request.path, body, uuid.uuid4().hex, int(time.time()))
+
+    async def handle(self, request: web.Request, op: str) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            parsed: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        body = parsed if isinstance(parsed, dict) else {}
+        self.control.requests.append(
+            RecordedRequest(request.path, dict(request.query), Headers(request.headers), body)
+        )
+        call = self._call(request, op, body)
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self.fail(call, Fail("auth"))
+        problem = Fail("bad_request") if not isinstance(parsed, dict) else self.dialect.check(call)
+        if problem is not None:
+            return self.fail(call, problem)
+
+        step: Step | None = self.control.next_step()
+        demo = False
+        if isinstance(step, Hang):
+            await asyncio.sleep(step.seconds)
+            step = Reply()
+        elif step is None:
+            if "missing" in call.model:
+                step = Fail("model_not_found")
+            else:
+                step, demo = Reply(), self.control.demo
+        if isinstance(step, Fail):
+            return self.fail(call, step)
+        texts = [demo_text(call, p) if demo else None for p in call.prompts()]
+        if isinstance(step, BreakStream):
+            reply = Reply(chunks=max(step.after + 1, Reply.chunks))
+            return await self.cut(request, call, reply, [t or reply.text for t in texts], step.after)
+        if step.delay:
+            await asyncio.sleep(step.delay)
+        full = [t or step.text for t in texts]
+        if call.stream:
+            return await self.stream(request, call, step, full)
+        body = orjson.dumps(self.dialect.success(call, step, full))
+        return web.Response(body=body, content_type="application/json", headers=self.dialect.headers(call, step))
+
+    def fail(self, call: Call, fail: Fail, kind: str | None = None) -> web.Response:
+        """The vendor's error for `fail` (or for `kind`, an internal kind such as not_found)."""
+        if fail.error == "plain_502" and kind is None:
+            return web.Response(status=502, body=PLAIN_502, content_type="text/html")
+        status, body = self.dialect.error(call, kind or fail.error, fail.param)
+        headers = self.dialect.headers(call, None)
+        if fail.retry_after is not None and fail.error in ("rate_limit", "server_error"):
+            headers["Retry-After"] = str(fail.retry_after)
+        return web.Response(
+            status=status,
+            body=orjson.dumps(body),
+            content_type=self.dialect.error_content_type(status),
+            headers=headers,
+        )
+
+    def events(self, call: Call, reply: Reply, texts: list[str]) -> list[dict[str, Any]]:
+        """The content events of a stream: each piece of every choice, the last ones finished."""
+        split = [split_text(text, reply.chunks) for text in texts]
+        count = max(1, reply.chunks)
+        return [
+            self.dialect.chunk(call, index, pieces[k], first=k == 0, final=k == count - 1)
+            for k in range(count)
+            for index, pieces in enumerate(split)
+        ]
+
+    async def _open_stream(self, request: web.Request, call: Call, reply: Reply) -> web.StreamResponse:
+        headers = self.dialect.headers(call, reply)
+        headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(status=200, headers=headers)
+        await resp.prepare(request)
+        return resp
+
+    async def _send(self, request: web.Request, resp: web.StreamResponse, payload: dict[str, Any]) -> None:
+        tap = request.get(EVENT_TAP)
+        if tap is not None:
+            tap(payload)
+        await resp.write(b"data: " + orjson.dumps(payload) + b"\n\n")
+
+    async def stream(self, request: web.Request, call: Call, reply: Reply, texts: list[str]) -> web.StreamResponse:
+        resp = await self._open_stream(request, call, reply)
+        for i, event in enumerate(self.events(call, reply, texts)):
+            if i and reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
+            await self._send(request, resp, event)
+        if call.include_usage:
+            await self._send(request, resp, self.dialect.usage_chunk(call, reply))
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def cut(
+        self, request: web.Request, call: Call, reply: Reply, texts: list[str], after: int
+    ) -> web.StreamResponse:
+        """Answer part of the response, then close the TCP connection under the client.
+
+        A stream gets `after` content events and no `[DONE]`; a JSON answer gets its headers
+        and half of its body, so the client sees a truncated payload either way.
+        """
+        if call.stream:
+            resp = await self._open_stream(request, call, reply)
+            for event in self.events(call, reply, texts)[:after]:
+                await self._send(request, resp, event)
+        else:
+            payload = orjson.dumps(self.dialect.success(call, reply, texts))
+            resp = web.StreamResponse(status=200, headers=self.dialect.headers(call, reply))
+            resp.content_type = "application/json"
+            resp.content_length = len(payload)
+            await resp.prepare(request)
+            await resp.write(payload[: len(payload) // 2])
+        if request.transport is not None:
+            request.transport.close()  # flushes what was written, then closes: no chunk terminator
+        return resp
