@@ -1,0 +1,251 @@
+"""The adapter contract: how the proxy speaks one vendor's dialect.
+
+An adapter is built once per provider entry whenever routes.yaml is loaded, so URLs,
+auth headers and field tables are computed then, not per request. Per request it does
+four things, none of which touch the network:
+
+- `build_body(endpoint, body, vendor_model)`: the OpenAI-dialect body -> the vendor's body.
+  A field the vendor cannot take is translated where the meaning is kept, dropped with a
+  note where it is only a hint, and refused (`Unsupported`) where dropping it would change
+  the answer. Never dropped silently.
+- `fix_response(endpoint, data)` / `fix_chunk(endpoint, data)`: the vendor's JSON (whole
+  answer, or one SSE event) -> OpenAI's shape, in place.
+- `map_error(status, headers, body)`: the vendor's error in its own shape -> an
+  `UpstreamError` saying what the client should see and what the proxy should do next.
+
+The subclass for an OpenAI-compatible vendor is a few lines: its paths and field table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, ClassVar, Mapping
+
+import orjson
+
+from router.errors import INVALID_REQUEST, RATE_LIMIT, UPSTREAM, RouterError
+from router.schema import Endpoint
+
+log = logging.getLogger("router.providers")
+
+# OpenAI request fields that change the answer when honoured, with the value that means
+# "off". A vendor that cannot take one may drop it only when it is at that value.
+ANSWER_FIELDS: dict[str, Any] = {
+    "n": 1, "best_of": 1, "echo": False, "logprobs": None, "top_logprobs": None, "suffix": None,
+    "logit_bias": None, "presence_penalty": 0, "frequency_penalty": 0, "seed": None,
+    "response_format": None, "tools": None, "tool_choice": None, "parallel_tool_calls": None,
+    "temperature": None, "top_p": None, "stop": None, "max_tokens": None,
+    "max_completion_tokens": None, "stream_options": None,
+}
+# Fields that only hint (attribution, storage, priority): dropped with a log note.
+HINT_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "prediction", "modalities"})
+
+COMMON_FIELDS = frozenset({"model", "stream", "max_tokens", "temperature", "top_p", "stop",
+                           "frequency_penalty", "presence_penalty", "stream_options"})
+OPENAI_COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "n", "best_of", "echo", "logprobs", "suffix",
+                                           "logit_bias", "seed", "user"}
+OPENAI_CHAT_FIELDS = COMMON_FIELDS | {"messages", "n", "logprobs", "top_logprobs", "logit_bias", "seed",
+                                     "user", "tools", "tool_choice", "parallel_tool_calls",
+                                     "response_format", "max_completion_tokens", "metadata", "store",
+                                     "service_tier", "prediction", "modalities", "reasoning_effort"}
+
+
+class Action(Enum):
+    RETRY = "retry"    # the same target may succeed on a later attempt
+    NEXT = "next"      # this target cannot serve it; try the next candidate
+    RETURN = "return"  # the client's own mistake: answer it as it is
+
+
+@dataclass(slots=True)
+class UpstreamError(Exception):
+    """A failed attempt: what the client would see, and what to do about it."""
+
+    error: RouterError
+    action: Action
+    reason: str                    # bounded label value: rate_limited, server_error, timeout, ...
+    retry_after: float | None = None
+
+
+class Unsupported(RouterError):
+    """The vendor cannot take a field without changing the answer: next target, or 400."""
+
+    def __init__(self, provider: str, field: str, why: str) -> None:
+        super().__init__(400, f"Provider '{provider}' cannot take '{field}': {why}.", param=field,
+                         code="unsupported_parameter")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    name: str
+    base_url: str
+    api_key: str | None
+    options: Mapping[str, Any]
+
+
+class Adapter:
+    """OpenAI's own dialect; vendors override the class attributes and the few hooks they need."""
+
+    kind: ClassVar[str] = "openai"
+    paths: ClassVar[dict[str, str]] = {Endpoint.COMPLETIONS: "/completions", Endpoint.CHAT: "/chat/completions"}
+    takes: ClassVar[dict[str, frozenset[str]]] = {
+        Endpoint.COMPLETIONS: OPENAI_COMPLETION_FIELDS, Endpoint.CHAT: OPENAI_CHAT_FIELDS,
+    }
+    # True where the vendor's schema has additionalProperties: unknown (non-OpenAI) fields pass.
+    open_schema: ClassVar[bool] = True
+    options_allowed: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, settings: ProviderSettings) -> None:
+        self.name = settings.name
+        self.options = dict(settings.options)
+        unknown = set(self.options) - self.options_allowed
+        if unknown:
+            raise ValueError(f"unknown option(s) for kind {self.kind}: {', '.join(sorted(unknown))}")
+        base = settings.base_url.rstrip("/")
+        self.urls = {ep: base + path + self.query_string() for ep, path in self.paths.items()}
+        self.headers: dict[str, str] = {"Content-Type": "application/json"}
+        if settings.api_key:
+            self.headers["Authorization"] = f"Bearer {settings.api_key}"
+        self.has_key = bool(settings.api_key)
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def query_string(self) -> str:
+        return ""
+
+    def build_body(self, endpoint: str, body: dict[str, Any], vendor_model: str,
+                   want_usage: bool) -> dict[str, Any]:
+        """A new dict for the vendor; `body` itself is shared across attempts and left alone."""
+        takes = self.takes[endpoint]
+        out: dict[str, Any] = {}
+        for field, value in body.items():
+            if field in takes:
+                out[field] = value
+            elif field in ANSWER_FIELDS:
+                if value is not None and value != ANSWER_FIELDS[field]:
+                    raise Unsupported(self.name, field, f"{self.kind} does not support it")
+            elif field in HINT_FIELDS:
+                log.info("dropped hint field %r for provider %s", field, self.name)
+            elif self.open_schema:
+                out[field] = value
+            else:
+                raise Unsupported(self.name, field, f"{self.kind} does not accept unknown fields")
+        out["model"] = vendor_model
+        if out.get("stream") and want_usage:
+            opts = dict(out.get("stream_options") or {})
+            opts["include_usage"] = True
+            out["stream_options"] = opts
+        return self.translate(endpoint, out)
+
+    def translate(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Vendor-specific rewrites of an already filtered body."""
+        return body
+
+    # --- answers ----------------------------------------------------------------------------
+
+    def fix_response(self, endpoint: str, data: dict[str, Any]) -> None:
+        """Bring a whole answer into OpenAI's shape, in place."""
+
+    def fix_chunk(self, endpoint: str, data: dict[str, Any]) -> None:
+        """Bring one stream event into OpenAI's shape, in place; on the per-chunk path, keep it cheap."""
+
+    # --- errors -----------------------------------------------------------------------------
+
+    def error_fields(self, status: int, body: Any) -> tuple[str | None, str | None, str | None]:
+        """(message, code, param) from the vendor's error body; OpenAI's `{error: {...}}` here."""
+        if isinstance(body, dict):
+            err = body.get("error")
+            if isinstance(err, dict):
+                return _str(err.get("message")), _str(err.get("code")) or _str(err.get("type")), _str(err.get("param"))
+            if isinstance(err, str):
+                return err, _str(body.get("code")), None
+            if isinstance(body.get("message"), str):
+                return body["message"], _str(body.get("code")), None
+        return None, None, None
+
+    def map_error(self, status: int, headers: Mapping[str, str], raw: bytes) -> UpstreamError:
+        body: Any = None
+        if raw[:1] in (b"{", b"["):
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                body = None
+        message, code, param = self.error_fields(status, body)
+        return classify(self.name, status, message, code, param, headers.get("Retry-After"))
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else (str(value) if isinstance(value, int) else None)
+
+
+MODEL_NOT_FOUND_CODES = frozenset({"model_not_found", "model-not-found"})
+CONTEXT_CODES = frozenset({"context_length_exceeded", "max-tokens-exceeded", "max_tokens_exceeded"})
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare from these vendors; treated as "no hint"
+
+
+def classify(provider: str, status: int, message: str | None, code: str | None, param: str | None,
+             retry_after: str | None) -> UpstreamError:
+    """One table from (vendor status, vendor code) to what the client sees and what happens next."""
+    said = f": {message}" if message else ""
+    if code in MODEL_NOT_FOUND_CODES or status == 404:
+        return UpstreamError(
+            RouterError(404, f"Provider '{provider}' does not serve this model{said}", type=INVALID_REQUEST,
+                        param="model", code="model_not_found"),
+            Action.NEXT, "model_not_found")
+    if code in CONTEXT_CODES:
+        return UpstreamError(
+            RouterError(400, f"The request is too long for the model{said}", param=param or "max_tokens",
+                        code="context_length_exceeded"),
+            Action.RETURN, "client_error")
+    if status == 429:
+        wait = parse_retry_after(retry_after)
+        headers = {"Retry-After": retry_after} if wait is not None and retry_after else {}
+        return UpstreamError(
+            RouterError(429, f"Provider '{provider}' is rate limiting requests{said}", type=RATE_LIMIT,
+                        code="rate_limit_exceeded", headers=headers),
+            Action.RETRY, "rate_limited", wait)
+    if status in (401, 403):
+        return UpstreamError(
+            RouterError(502, f"Provider '{provider}' refused the proxy's credentials ({status}); "
+                        "the operator must check its API key", type=UPSTREAM, code="upstream_auth_failed"),
+            Action.NEXT, "upstream_auth")
+    if status in (408, 409) or status >= 500:
+        out = status if status in (502, 503, 504) else 502
+        return UpstreamError(
+            RouterError(out, f"Provider '{provider}' failed with {status}{said}", type=UPSTREAM,
+                        code="upstream_error"),
+            Action.RETRY, "server_error", parse_retry_after(retry_after))
+    if 400 <= status < 500:
+        out = 413 if status == 413 else 400
+        return UpstreamError(
+            RouterError(out, f"Provider '{provider}' rejected the request{said}", param=param,
+                        code=code if code and code.isidentifier() else "invalid_request_error"),
+            Action.RETURN, "client_error")
+    return UpstreamError(
+        RouterError(502, f"Provider '{provider}' answered with unexpected status {status}", type=UPSTREAM,
+                    code="upstream_error"),
+        Action.NEXT, "bad_response")
+
+
+def bad_upstream_body(provider: str, what: str) -> UpstreamError:
+    return UpstreamError(
+        RouterError(502, f"Provider '{provider}' sent {what}", type=UPSTREAM, code="upstream_bad_response"),
+        Action.NEXT, "bad_response")
+
+
+def transport_error(provider: str, exc: BaseException) -> UpstreamError:
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamError(RouterError(504, f"Provider '{provider}' did not answer in time", type=UPSTREAM,
+                                         code="upstream_timeout"), Action.RETRY, "timeout")
+    return UpstreamError(RouterError(502, f"Could not reach provider '{provider}' ({type(exc).__name__})",
+                                     type=UPSTREAM, code="upstream_unavailable"), Action.RETRY, "connect")

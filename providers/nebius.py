@@ -1,0 +1,44 @@
+"""Nebius Token Factory: FastAPI-style `{detail: ...}` errors (422 `detail[]` for bad
+fields), `service_tier`, and an optional `ai_project_id` query parameter (provider option)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from providers.base import COMMON_FIELDS, Adapter, Unsupported, _str
+from router.schema import Endpoint
+
+
+class NebiusAdapter(Adapter):
+    kind = "nebius"
+    paths = {Endpoint.COMPLETIONS: "/v1/completions", Endpoint.CHAT: "/v1/chat/completions"}
+    takes = {
+        **Adapter.takes,
+        Endpoint.COMPLETIONS: COMMON_FIELDS | {"prompt", "n", "logprobs", "echo", "logit_bias", "user",
+                                               "extra_body", "service_tier"},
+    }
+    options_allowed = frozenset({"ai_project_id"})
+
+    def query_string(self) -> str:
+        project = self.options.get("ai_project_id")
+        return "?" + urlencode({"ai_project_id": project}) if project else ""
+
+    def translate(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+            raise Unsupported(self.name, "prompt", "nebius takes a string, a list of strings or one list "
+                              "of token ids, not a batch of token lists")
+        return body
+
+    def error_fields(self, status: int, body: Any) -> tuple[str | None, str | None, str | None]:
+        if isinstance(body, dict) and "detail" in body:
+            detail = body["detail"]
+            if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+                loc = [str(p) for p in detail[0].get("loc") or [] if p != "body"]
+                param = ".".join(loc) or None
+                return _str(detail[0].get("msg")), None, param
+            message = _str(detail)
+            code = "context_length_exceeded" if message and "context length" in message else None
+            return message, code, None
+        return super().error_fields(status, body)

@@ -1,0 +1,51 @@
+"""Poolside: one string prompt, `stop` only as a list, problem-details errors.
+
+An array prompt of one string is unwrapped; a longer one, or token ids, would need one
+upstream call per prompt with the answers stitched back together (indexes, usage, stream
+interleaving). Rather than pretend, the adapter refuses it: the proxy falls over to a
+target that takes arrays, and answers 400 naming `prompt` when none does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from providers.base import Adapter, Unsupported, _str
+from router.schema import Endpoint
+
+_COMPLETION_FIELDS = frozenset({
+    "model", "prompt", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "stop", "seed", "min_p", "top_k", "include_stop_str_in_output",
+    "skip_special_tokens", "return_tokens_as_token_ids", "cache_control",
+})
+
+
+class PoolsideAdapter(Adapter):
+    kind = "poolside"
+    paths = {Endpoint.COMPLETIONS: "/openai/v1/completions", Endpoint.CHAT: "/openai/v1/chat/completions"}
+    takes = {**Adapter.takes, Endpoint.COMPLETIONS: _COMPLETION_FIELDS}
+
+    def translate(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        stop = body.get("stop")
+        if isinstance(stop, str):
+            body["stop"] = [stop]
+        if endpoint == Endpoint.COMPLETIONS:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list):
+                if len(prompt) == 1 and isinstance(prompt[0], str):
+                    body["prompt"] = prompt[0]
+                else:
+                    raise Unsupported(self.name, "prompt", "poolside takes one string prompt per request; "
+                                      "send each prompt as its own request")
+        return body
+
+    def error_fields(self, status: int, body: Any) -> tuple[str | None, str | None, str | None]:
+        if isinstance(body, dict) and ("title" in body or "detail" in body) and "error" not in body:
+            param = None
+            errors = body.get("errors")
+            if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+                loc = _str(errors[0].get("location")) or ""
+                param = loc.removeprefix("body.") or None
+            message = _str(body.get("detail")) or _str(body.get("title"))
+            return message, _str(body.get("code")), param
+        return super().error_fields(status, body)

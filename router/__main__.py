@@ -1,0 +1,131 @@
+"""`router` and `python -m router`: serve, check, explain, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Sequence
+
+import orjson
+from aiohttp import web
+
+from router.app import create_app
+from router.routes import ConfigError, load
+from router.settings import ServeSettings
+
+log = logging.getLogger("router")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    errors = logging.StreamHandler(sys.stderr)
+    errors.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [errors]
+    root.setLevel(level)
+    access = logging.getLogger("router.access")
+    out = logging.StreamHandler(sys.stdout)
+    out.setFormatter(logging.Formatter("%(message)s"))
+    access.handlers[:] = [out]
+    access.propagate = False
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = ServeSettings.from_env(config_path=args.config, host=args.host, port=args.port)
+    try:
+        table = load(settings.config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    _setup_logging(args.log_level)
+    app = create_app(settings, table, watch=True)
+    log.info("serving %d model(s) from %s on http://%s:%d", len(table.groups), settings.config_path,
+             settings.host, settings.port)
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, handler_cancellation=True,
+                print=None, loop=_new_loop())
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        table = load(args.path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for w in table.warnings:
+        print(f"{args.path}: warning: {w}", file=sys.stderr)
+    print(f"{args.path}: ok ({len(table.adapters)} providers, {len(table.groups)} models)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from router.demo import run_demo
+
+    _setup_logging(args.log_level)
+    asyncio.set_event_loop(_new_loop())
+    try:
+        asyncio.get_event_loop().run_until_complete(run_demo(args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from router.explain import explain
+
+    try:
+        table = load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    try:
+        body = orjson.loads(args.body)
+    except orjson.JSONDecodeError as exc:
+        print(f"BODY_JSON is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    print(explain(table, body, args.key, args.endpoint))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="router", description="OpenAI-compatible routing proxy for LLM vendors.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve the proxy")
+    s.add_argument("--config", default=None, help="routes file (default: $ROUTER_CONFIG or ./routes.yaml)")
+    s.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
+    s.add_argument("--log-level", default="INFO")
+    s.set_defaults(func=cmd_serve)
+    c = sub.add_parser("check", help="validate a routes file and say exactly what is wrong")
+    c.add_argument("path", nargs="?", default="routes.yaml")
+    c.set_defaults(func=cmd_check)
+    e = sub.add_parser("explain", help="show which targets a request would go to, sending nothing")
+    e.add_argument("--config", default="routes.yaml")
+    e.add_argument("--key", default=None, help="client key name the request would come with")
+    e.add_argument("--endpoint", choices=["completions", "chat"], default=None)
+    e.add_argument("body", metavar="BODY_JSON")
+    e.set_defaults(func=cmd_explain)
+    d = sub.add_parser("demo", help="start local stand-ins of the four vendors and the proxy in front of them")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--log-level", default="INFO")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

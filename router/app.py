@@ -1,0 +1,68 @@
+"""create_app(): routes, middleware and one cleanup_ctx per resource; no logic here."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from router.edge import METRICS, edge, stamp_headers
+from router.handlers import PROXY, ROUTES, add_routes
+from router.metrics import Metrics
+from router.proxy import Proxy
+from router.reload import Routes, install_sighup
+from router.routes import RouteTable, load
+from router.settings import ServeSettings
+
+SETTINGS = web.AppKey("settings", ServeSettings)
+# aiohttp reads the whole body before a handler runs; the routes table's own (reloadable)
+# max_body_bytes is enforced in the handler, this only bounds the worst case.
+HARD_BODY_CAP = 64 * 1024 * 1024
+
+
+def create_app(settings: ServeSettings, table: RouteTable | None = None, *,
+               watch: bool | None = None) -> web.Application:
+    """The proxy app. Without `table`, it loads `settings.config_path`; it watches that file
+    for edits unless `watch` is false (the default when a table is handed in)."""
+    metrics = Metrics()
+    watch = table is None if watch is None else watch
+    app = web.Application(middlewares=[edge], client_max_size=HARD_BODY_CAP, handler_args={"access_log": None})
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[ROUTES] = Routes(table or load(settings.config_path), settings.config_path if watch else None, metrics)
+    add_routes(app)
+    app.router.add_get("/metrics", metrics_handler)
+    app.on_response_prepare.append(stamp_headers)
+    app.cleanup_ctx.append(_client_session)
+    if watch:
+        app.cleanup_ctx.append(_reloader)
+    return app
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
+
+
+async def _client_session(app: web.Application) -> AsyncIterator[None]:
+    """One pooled session for every upstream call; per-attempt timeouts are set by the proxy."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10),
+                                    auto_decompress=True, raise_for_status=False, skip_auto_headers=("User-Agent",))
+    app[PROXY] = Proxy(session, app[METRICS])
+    yield
+    await session.close()
+
+
+async def _reloader(app: web.Application) -> AsyncIterator[None]:
+    routes = app[ROUTES]
+    task = asyncio.create_task(routes.watch(app[SETTINGS].reload_interval_s))
+    undo = install_sighup(asyncio.get_running_loop(), routes)
+    yield
+    undo()
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

@@ -1,0 +1,115 @@
+"""The edge of every request: its Exchange, its error encoding, its headers, its record.
+
+One middleware wraps every handler so that whatever goes wrong, the client gets OpenAI's
+error shape; `on_response_prepare` stamps the router headers on every response, streams
+and errors included (a middleware cannot add headers to a stream already sent). When a
+generation request ends, it is counted in the metrics and written as one JSON log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from router.errors import SERVER, RouterError, status_error
+from router.exchange import EXCHANGE, Exchange, request_id
+from router.metrics import Metrics
+
+log = logging.getLogger("router")
+access = logging.getLogger("router.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+METRICS = web.AppKey("metrics", Metrics)
+
+_HTTP_MESSAGES = {
+    404: "Unknown path {path}; this proxy serves POST /v1/completions, POST /v1/chat/completions and GET /v1/models.",
+    405: "Method {method} is not allowed on {path}.",
+    413: "The request body is larger than this proxy accepts.",
+}
+
+
+def error_response(err: RouterError) -> web.Response:
+    return web.Response(status=err.status, body=err.encode(), content_type="application/json",
+                        headers=err.headers or None)
+
+
+@web.middleware
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ex = Exchange(request_id(request.headers.get("X-Request-Id")))
+    request[EXCHANGE] = ex
+    metrics = request.app[METRICS]
+    metrics.in_flight.inc()
+    try:
+        response = await handler(request)
+        if not ex.status:
+            ex.status = response.status
+        return response
+    except RouterError as err:
+        return _fail(ex, err)
+    except web.HTTPException as exc:
+        template = _HTTP_MESSAGES.get(exc.status, exc.reason)
+        return _fail(ex, status_error(exc.status, template.format(path=request.path, method=request.method)))
+    except asyncio.CancelledError:
+        ex.status = 499
+        ex.error_code = "client_closed_request"
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s", request.path, extra={"request_id": ex.request_id})
+        return _fail(ex, RouterError(500, "The proxy failed unexpectedly; the request id is in x-request-id.",
+                                     type=SERVER, code="internal_error"))
+    finally:
+        metrics.in_flight.dec()
+        if ex.endpoint:
+            record(metrics, ex)
+
+
+def _fail(ex: Exchange, err: RouterError) -> web.Response:
+    ex.status = err.status
+    ex.error_code = err.code
+    return error_response(err)
+
+
+async def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
+    ex = request.get(EXCHANGE)
+    if ex is None:
+        return
+    h = response.headers
+    h["x-request-id"] = ex.request_id
+    h["x-router-provider"] = ex.provider or "none"
+    h["x-router-model"] = ex.vendor_model or "none"
+    h["x-router-attempts"] = str(ex.attempts)
+    if ex.headers:
+        h.update(ex.headers)
+
+
+def record(metrics: Metrics, ex: Exchange) -> None:
+    """Metrics and the access log line of one finished generation request."""
+    total = time.monotonic() - ex.started
+    stream = "true" if ex.stream else "false"
+    provider = ex.provider or "none"
+    ex.cost_usd = cost = ex.cost()
+    metrics.requests.labels(ex.model, provider, ex.key, ex.endpoint, stream, f"{ex.status // 100}xx").inc()
+    metrics.request_duration.labels(ex.model, provider, ex.endpoint, stream).observe(total)
+    metrics.overhead.labels(ex.endpoint, stream).observe(max(0.0, total - ex.upstream_s))
+    if ex.prompt_tokens or ex.completion_tokens:
+        metrics.tokens.labels(ex.model, provider, ex.key, "prompt").inc(ex.prompt_tokens)
+        metrics.tokens.labels(ex.model, provider, ex.key, "completion").inc(ex.completion_tokens)
+        if ex.cached_tokens:
+            metrics.tokens.labels(ex.model, provider, ex.key, "cached").inc(ex.cached_tokens)
+    if cost:
+        metrics.spend.labels(ex.key, ex.model, provider).inc(cost)
+    if access.isEnabledFor(logging.INFO):
+        access.info(orjson.dumps({
+            "ts": round(time.time(), 3), "request_id": ex.request_id, "key": ex.key,
+            "endpoint": ex.endpoint, "stream": ex.stream, "model": ex.model, "provider": ex.provider or None,
+            "vendor_model": ex.vendor_model or None, "attempts": ex.attempts, "fallbacks": ex.fallbacks,
+            "status": ex.status, "error": ex.error_code, "latency_ms": round(total * 1000, 2),
+            "ttft_ms": round(ex.ttft_s * 1000, 2) if ex.ttft_s is not None else None,
+            "prompt_tokens": ex.prompt_tokens, "completion_tokens": ex.completion_tokens,
+            "cached_tokens": ex.cached_tokens, "cost_usd": round(cost, 8),
+        }).decode())

@@ -1,0 +1,72 @@
+"""What the proxy learns about one client request as it serves it.
+
+One `Exchange` per request, created by the middleware; the proxy fills it in, and the
+response headers, the access log line and the metrics are all read from it at the end.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from router.metrics import ANONYMOUS, UNKNOWN
+from router.routes import Price
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+def request_id(given: str | None) -> str:
+    """The client's own id when it is safe to log and forward; otherwise a fresh one."""
+    if given and _SANE_ID.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: str
+    started: float = field(default_factory=time.monotonic)
+    endpoint: str = ""
+    stream: bool = False
+    key: str = ANONYMOUS
+    model: str = UNKNOWN          # public name that served (or was asked for); a config name or `unknown`
+    provider: str = ""
+    vendor_model: str = ""
+    attempts: int = 0
+    fallbacks: list[str] = field(default_factory=list)   # "provider:reason" of each target left
+    status: int = 0
+    error_code: str | None = None
+    upstream_s: float = 0.0       # time inside upstream calls and backoff sleeps
+    ttft_s: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)   # extra response headers (rate limits)
+    price: Price | None = None    # of the target that served
+
+    def cost(self) -> float:
+        """USD from the serving target's price table (per million tokens) and the reported usage."""
+        price = self.price
+        if price is None:
+            return 0.0
+        cached = min(self.cached_tokens, self.prompt_tokens) if price.cached_input is not None else 0
+        fresh = self.prompt_tokens - cached
+        return (fresh * price.input + cached * (price.cached_input or 0.0)
+                + self.completion_tokens * price.output) / 1e6
+
+    def take_usage(self, usage: object) -> None:
+        if not isinstance(usage, dict):
+            return
+        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        self.cached_tokens = int(cached or 0)
+
+
+EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -1,0 +1,129 @@
+"""Raw request bytes -> a validated request and the ordered list of model names to try."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from router.errors import bad_request
+from router.schema import ChatRequest, CompletionRequest, Endpoint
+
+_MODELS = {Endpoint.COMPLETIONS: CompletionRequest, Endpoint.CHAT: ChatRequest}
+_REQUIRED = {Endpoint.COMPLETIONS: "prompt", Endpoint.CHAT: "messages"}
+
+
+@dataclass(slots=True)
+class Normalized:
+    """One client request, validated once; `body` is what adapters translate and send."""
+
+    endpoint: str
+    body: dict[str, Any]
+    names: list[str]
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    prompt_tokens: int
+
+
+def normalize(endpoint: str, raw: bytes) -> Normalized:
+    if not raw:
+        raise bad_request("The request body is empty; send a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"The request body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    try:
+        req = _MODELS[endpoint].model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc, endpoint) from None
+
+    names: list[str] = []
+    if req.model:
+        names.append(req.model)
+    for name in req.models or ():
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise bad_request("Missing required parameter: 'model'.", param="model")
+
+    body.pop("models", None)
+    stream = bool(req.stream)
+    if not stream and req.stream_options is not None:
+        raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
+    include_usage = bool(stream and req.stream_options and req.stream_options.include_usage)
+    max_tokens = req.max_tokens
+    if isinstance(req, ChatRequest):
+        max_tokens = req.max_completion_tokens or max_tokens
+        prompt_tokens = _estimate_messages(req)
+    else:
+        prompt_tokens = _estimate_prompt(req.prompt)
+    return Normalized(endpoint, body, names, stream, include_usage, max_tokens, prompt_tokens)
+
+
+def _estimate_prompt(prompt: Any) -> int:
+    """About four characters a token; token-id prompts count exactly."""
+    if isinstance(prompt, str):
+        return len(prompt) // 4 + 1
+    total = 0
+    for item in prompt:
+        if isinstance(item, str):
+            total += len(item) // 4 + 1
+        elif isinstance(item, list):
+            total += len(item)
+        else:
+            total += 1
+    return total
+
+
+def _estimate_messages(req: ChatRequest) -> int:
+    total = 0
+    for m in req.messages:
+        content = m.content
+        if isinstance(content, str):
+            total += len(content) // 4 + 4
+        elif isinstance(content, list):
+            total += sum(len(p.get("text", "")) // 4 for p in content if isinstance(p.get("text"), str)) + 4
+    return total
+
+
+def _validation_error(exc: ValidationError, endpoint: str):
+    err = exc.errors(include_url=False)[0]
+    loc = err["loc"]
+    # Unions report the failing branch as a loc element ("str", "list[int]"): drop those.
+    parts = [p for p in loc if isinstance(p, int) or p in _FIELD_NAMES or not _is_type_tag(p)]
+    param = _format_loc(parts) or None
+    if err["type"] == "missing":
+        return bad_request(f"Missing required parameter: '{param}'.", param=param)
+    if param == _REQUIRED[endpoint] and len(parts) == 1:
+        return bad_request(
+            f"Invalid type for '{param}': expected "
+            + ("a string, a list of strings, or token ids." if endpoint == Endpoint.COMPLETIONS else "a non-empty list of messages."),
+            param=param,
+        )
+    given = err.get("input")
+    shown = orjson.dumps(given).decode()[:80] if given is not None else "null"
+    return bad_request(f"Invalid value for '{param}': {err['msg'].rstrip('.')} (got {shown}).", param=param)
+
+
+_FIELD_NAMES = set(CompletionRequest.model_fields) | set(ChatRequest.model_fields) | {"role", "content", "include_usage"}
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and (
+        part in {"str", "int", "float", "bool", "dict", "list"} or "[" in part or part.startswith(("function-", "constrained-"))
+    )
+
+
+def _format_loc(parts: list[object]) -> str:
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += f".{p}" if out else str(p)
+    return out

@@ -1,0 +1,169 @@
+"""The dispatch loop over targets: the only place that knows the fallback order.
+
+For each candidate target in order: translate the body (a target that cannot take it is
+skipped), then call it under the retry policy; a retryable failure retries the same
+target, a "not here" failure moves to the next one, a client error is answered at once.
+One deadline and one attempt cap cover the whole request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+import aiohttp
+import orjson
+from aiohttp import web
+from tenacity import RetryCallState
+
+from providers.base import Action, UpstreamError, Unsupported, bad_upstream_body, transport_error
+from router.errors import UPSTREAM, RouterError, model_not_found
+from router.exchange import Exchange
+from router.metrics import Metrics
+from router.normalize import Normalized
+from router.retry import retrying
+from router.routes import ModelGroup, RouteTable, Target
+from router.streaming import relay_stream
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    public: str
+    group: ModelGroup
+    target: Target
+
+
+def plan(table: RouteTable, names: list[str]) -> list[Candidate]:
+    """Targets of `model`, then of each name in `models`, without repeats."""
+    out: list[Candidate] = []
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        group = table.groups.get(name)
+        if group is None:
+            raise model_not_found(name, "model" if i == 0 else "models")
+        for target in group.targets:
+            if target.id not in seen:
+                seen.add(target.id)
+                out.append(Candidate(name, group, target))
+    return out
+
+
+class Proxy:
+    """Sends one normalized request to its candidates; shared by every request of an app."""
+
+    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self.session = session
+        self.metrics = metrics
+
+    async def serve(self, request: web.Request, ex: Exchange, norm: Normalized,
+                    candidates: list[Candidate]) -> web.StreamResponse:
+        first = candidates[0].group
+        deadline = time.monotonic() + first.deadline_s
+        cap = first.max_attempts
+        last: RouterError | None = None
+        for i, cand in enumerate(candidates):
+            if ex.attempts >= cap or time.monotonic() >= deadline:
+                break
+            target = cand.target
+            ex.model, ex.provider, ex.vendor_model = cand.public, target.provider, target.model
+            ex.price = target.price
+            more = i + 1 < len(candidates)
+            try:
+                body = target.adapter.build_body(norm.endpoint, norm.body, target.model, want_usage=True)
+            except Unsupported as exc:
+                last = exc
+                self._leave(ex, target, "unsupported", more)
+                continue
+            payload = orjson.dumps(body)
+            try:
+                async for attempt in retrying(cand.group.retry, deadline, lambda: ex.attempts < cap,
+                                              self._on_retry(ex, target)):
+                    with attempt:
+                        return await self._attempt(request, ex, norm, cand, payload, deadline)
+            except UpstreamError as exc:
+                if exc.action is Action.RETURN:
+                    raise exc.error from None
+                last = exc.error
+                self._leave(ex, target, exc.reason, more)
+        if last is None:
+            last = RouterError(504, "The request's deadline passed before any provider could answer",
+                               type=UPSTREAM, code="deadline_exceeded")
+        raise last
+
+    def _leave(self, ex: Exchange, target: Target, reason: str, more: bool) -> None:
+        ex.fallbacks.append(f"{target.provider}:{reason}")
+        if more:
+            self.metrics.fallbacks.labels(target.provider, reason).inc()
+
+    def _on_retry(self, ex: Exchange, target: Target):
+        def before_sleep(rs: RetryCallState) -> None:
+            exc = rs.outcome.exception() if rs.outcome else None
+            reason = exc.reason if isinstance(exc, UpstreamError) else "error"
+            self.metrics.retries.labels(target.provider, reason).inc()
+            ex.upstream_s += rs.upcoming_sleep
+        return before_sleep
+
+    async def _attempt(self, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
+                       payload: bytes, deadline: float) -> web.StreamResponse:
+        target = cand.target
+        adapter = target.adapter
+        ex.attempts += 1
+        remaining = deadline - time.monotonic()
+        if norm.stream:
+            timeout = aiohttp.ClientTimeout(total=None, connect=min(target.connect_timeout_s, remaining),
+                                            sock_read=min(target.timeout_s, remaining))
+        else:
+            timeout = aiohttp.ClientTimeout(total=min(target.timeout_s, remaining),
+                                            connect=target.connect_timeout_s)
+        headers = {**adapter.headers, "X-Request-Id": ex.request_id}
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            resp = await self.session.post(adapter.urls[norm.endpoint], data=payload, headers=headers,
+                                           timeout=timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            err = transport_error(target.provider, exc)
+            self._count(target, err.reason, started, ex)
+            raise err from None
+        try:
+            if resp.status != 200:
+                raw = await resp.read()
+                err = adapter.map_error(resp.status, resp.headers, raw)
+                outcome = err.reason
+                raise err
+            if norm.stream:
+                try:
+                    return await relay_stream(request, ex, norm, cand.public, target, resp, self.metrics,
+                                              on_first=lambda: self._count(target, "ok", started, ex))
+                except UpstreamError as err:
+                    outcome = err.reason
+                    raise
+            try:
+                raw = await resp.read()
+                data = orjson.loads(raw)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                err = transport_error(target.provider, exc)
+                outcome = err.reason
+                raise err from None
+            except orjson.JSONDecodeError:
+                outcome = "bad_response"
+                raise bad_upstream_body(target.provider, "a body that is not JSON") from None
+            if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+                outcome = "bad_response"
+                raise bad_upstream_body(target.provider, "an answer without 'choices'")
+            adapter.fix_response(norm.endpoint, data)
+            data["model"] = cand.public
+            data["provider"] = target.provider
+            ex.take_usage(data.get("usage"))
+            return web.Response(body=orjson.dumps(data), content_type="application/json")
+        finally:
+            resp.release()
+            if not norm.stream or outcome != "ok":
+                self._count(target, outcome, started, ex)
+
+    def _count(self, target: Target, outcome: str, started: float, ex: Exchange) -> None:
+        elapsed = time.monotonic() - started
+        ex.upstream_s += elapsed
+        self.metrics.attempts.labels(target.provider, outcome).inc()
+        self.metrics.upstream_duration.labels(target.provider, outcome).observe(elapsed)
+

@@ -1,0 +1,127 @@
+"""Relay one upstream SSE stream to the client, committing only after its first event.
+
+Until the first event has arrived nothing is written, so a target that fails early can
+still fall over to the next one. After that the stream is the client's: an upstream
+failure ends it with an OpenAI-shaped error event and `data: [DONE]`, never a silent
+200 that just stops. If the client goes away, the upstream request is closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from providers.base import bad_upstream_body, transport_error
+from router.errors import UPSTREAM, RouterError
+from router.exchange import Exchange
+from router.metrics import Metrics
+from router.normalize import Normalized
+from router.routes import Target
+from router.sse import DONE, encode, events
+
+log = logging.getLogger("router.stream")
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, public: str, target: Target,
+                       resp: aiohttp.ClientResponse, metrics: Metrics,
+                       on_first: Callable[[], None]) -> web.StreamResponse:
+    adapter = target.adapter
+    provider = target.provider
+    endpoint = norm.endpoint
+    keep_usage = norm.include_usage
+    upstream = events(resp.content).__aiter__()
+
+    try:
+        first = await anext(upstream, None)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise transport_error(provider, exc) from None
+    if first is None or first == b"[DONE]":
+        raise bad_upstream_body(provider, "a stream with no events")
+    obj = _load(first)
+    if obj is None:
+        raise bad_upstream_body(provider, "a stream event that is not JSON")
+    if "error" in obj:
+        raise adapter.map_error(500, {}, first)
+    on_first()
+
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    ex.ttft_s = time.monotonic() - ex.started
+    metrics.ttft.labels(public, provider).observe(ex.ttft_s)
+    relay_started = time.monotonic()
+
+    def shape(o: dict[str, Any]) -> bytes | None:
+        adapter.fix_chunk(endpoint, o)
+        o["model"] = public
+        o["provider"] = provider
+        if "usage" in o:
+            usage = o["usage"]
+            if usage:
+                ex.take_usage(usage)
+            if not keep_usage:
+                if not o.get("choices"):
+                    return None
+                del o["usage"]
+        return encode(o)
+
+    failure: RouterError | None = None
+    try:
+        chunk = shape(obj)
+        if chunk:
+            await response.write(chunk)
+        done = False
+        try:
+            async for data in upstream:
+                if data == b"[DONE]":
+                    done = True
+                    break
+                obj = _load(data)
+                if obj is None:
+                    failure = RouterError(502, f"Provider '{provider}' sent a stream event that is not JSON",
+                                          type=UPSTREAM, code="upstream_bad_response")
+                    break
+                if "error" in obj:
+                    failure = adapter.map_error(500, {}, data).error
+                    break
+                chunk = shape(obj)
+                if chunk:
+                    await response.write(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                asyncio.TimeoutError) as exc:
+            failure = RouterError(502, f"The stream from provider '{provider}' broke off ({type(exc).__name__})",
+                                  type=UPSTREAM, code="upstream_stream_interrupted")
+        if failure is None and not done:
+            failure = RouterError(502, f"The stream from provider '{provider}' ended without [DONE]",
+                                  type=UPSTREAM, code="upstream_stream_interrupted")
+        if failure is not None:
+            ex.status = failure.status
+            ex.error_code = failure.code
+            log.warning("stream from %s broke after commit: %s", provider, failure.message,
+                        extra={"request_id": ex.request_id})
+            await response.write(encode(failure.body()))
+        await response.write(DONE)
+        await response.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        ex.status = 499
+        ex.error_code = "client_closed_request"
+        resp.close()
+    finally:
+        ex.upstream_s += time.monotonic() - relay_started
+    return response
+
+
+def _load(data: bytes) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
