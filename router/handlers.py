@@ -11,7 +11,8 @@ from router.errors import RouterError
 from router.exchange import EXCHANGE
 from router.metrics import UNKNOWN
 from router.normalize import normalize
-from router.proxy import Proxy, plan
+from router.candidates import plan
+from router.proxy import Proxy
 from router.reload import Routes
 from router.schema import Endpoint
 

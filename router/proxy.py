@@ -10,42 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 import aiohttp
 import orjson
 from aiohttp import web
 from tenacity import RetryCallState
 
 from providers.base import Action, UpstreamError, Unsupported, bad_upstream_body, transport_error
-from router.errors import UPSTREAM, RouterError, model_not_found
+from router.candidates import Candidate
+from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
 from router.metrics import Metrics
 from router.normalize import Normalized
 from router.retry import retrying
-from router.routes import ModelGroup, RouteTable, Target
+from router.routes import Target
 from router.streaming import relay_stream
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    public: str
-    group: ModelGroup
-    target: Target
-
-
-def plan(table: RouteTable, names: list[str]) -> list[Candidate]:
-    """Targets of `model`, then of each name in `models`, without repeats."""
-    out: list[Candidate] = []
-    seen: set[str] = set()
-    for i, name in enumerate(names):
-        group = table.groups.get(name)
-        if group is None:
-            raise model_not_found(name, "model" if i == 0 else "models")
-        for target in group.targets:
-            if target.id not in seen:
-                seen.add(target.id)
-                out.append(Candidate(name, group, target))
-    return out
 
 
 class Proxy:
