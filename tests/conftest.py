@@ -1,3 +1,6 @@
 """Shared fixtures. Each resource's fixtures live in their own plugin module below."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.fixtures_vendors",
+    "tests.fixtures_prometheus",
+]
