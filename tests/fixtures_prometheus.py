@@ -184,7 +184,8 @@ class Prometheus:
             with urllib.request.urlopen(request, timeout=10) as r:
                 r.read()
         except urllib.error.HTTPError as e:
-            raise RuntimeError(f"prometheus reload failed: {e.read().decode(errors='replace')}") from e
+            detail = e.read().decode(errors="replace")
+            raise RuntimeError(f"prometheus reload failed: {detail}\n{self.log()}") from e
 
     # ------------------------------------------------------------------ configuration
 
