@@ -50,7 +50,7 @@ def create_standin_app(
     with `api_key`, requests must carry `Authorization: Bearer <api_key>` or get the vendor's 401.
     """
     dialect = DIALECTS[_known(kind)]()
-    return StandinServer(dialect, control or StandinControl(demo=True), api_key).app()
+    return StandinServer(dialect, control if control is not None else StandinControl(demo=True), api_key).app()
 
 
 def _known(kind: str) -> str:

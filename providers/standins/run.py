@@ -39,7 +39,7 @@ async def start_standin(
     middlewares: Iterable[web.Middleware] = (),
 ) -> RunningStandin:
     """Serve stand-in `kind` on host:port (0 picks a free port) until `close()`."""
-    control = control or StandinControl(demo=True)
+    control = control if control is not None else StandinControl(demo=True)
     app = create_standin_app(kind, control, api_key)
     app.middlewares.extend(middlewares)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0, access_log=None)
