@@ -1,0 +1,84 @@
+"""The `router` command: check says exactly what is wrong and where; demo serves out of the box."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import textwrap
+
+import aiohttp
+import pytest
+
+GOOD = """
+providers:
+  nebius: {kind: nebius, base_url: "https://api.tokenfactory.nebius.com", api_key_env: NEBIUS_API_KEY}
+models:
+  fast:
+    targets:
+      - {provider: nebius, model: meta-llama/Llama-3.3-70B-Instruct}
+"""
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "router", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (GOOD.replace("      - {provider: nebius, model: meta-llama/Llama-3.3-70B-Instruct}",
+                  "      - {provider: nebius, model: a}\n      - {provider: nebuis, model: b}"),
+     "models.fast.targets[1].provider: unknown provider 'nebuis'"),
+    (GOOD.replace("kind: nebius", "kind: nebulous"), "providers.nebius.kind: unknown kind 'nebulous'"),
+    (GOOD.replace("api_key_env", "apikey_env"), "providers.nebius.apikey_env: unknown key"),
+    (GOOD.replace("    targets:\n", "    targetz:\n"), "models.fast.targetz: unknown key"),
+    (GOOD.replace('"https://api.tokenfactory.nebius.com"', "ftp://x"), "providers.nebius.base_url:"),
+    (GOOD + "  broken: [", "not valid YAML"),
+    ("just a string", "(top level): must be a mapping"),
+])
+def test_check_names_the_path_of_each_problem(tmp_path, text, expected):
+    path = tmp_path / "routes.yaml"
+    path.write_text(textwrap.dedent(text))
+    out = run("check", str(path))
+    assert out.returncode == 1
+    assert expected in out.stderr, out.stderr
+
+
+def test_check_accepts_a_good_file_and_warns_of_unset_key(tmp_path):
+    path = tmp_path / "routes.yaml"
+    path.write_text(GOOD)
+    out = run("check", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "ok (1 providers, 1 models)" in out.stdout
+    assert "NEBIUS_API_KEY is not set" in out.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_demo_serves_a_chat_completion_with_nothing_configured():
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "router", "demo", "--port", str(port),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                try:
+                    async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                      json={"model": "fallback-demo",
+                                            "messages": [{"role": "user", "content": "hi"}]}) as r:
+                        body = await r.json()
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            else:
+                pytest.fail("demo did not start listening")
+        assert r.status == 200, body
+        assert body["model"] == "fallback-demo"
+        assert r.headers["x-router-attempts"] == "2"  # its first target is missing at the vendor
+    finally:
+        proc.terminate()
+        await proc.wait()
