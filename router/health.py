@@ -1,0 +1,162 @@
+"""Health of provider targets: latency EWMA, recent error rate, circuit breaker.
+
+One record per target holds everything. The memory backend applies the transitions below
+in Python; the Redis backend runs the same rules in Lua (`redis_state.py`) so replicas
+update one record atomically. Both store the same fields, and reading (`view`) is the
+same Python code for both, so "open" turning into "half_open" after the cooldown is
+decided at read time: no timer, no background job, nothing to lose on a restart.
+
+Stored fields: st (closed|open|half_open), oa (opened at), cf (consecutive failures),
+ew (latency EWMA, seconds), pb/pw (half-open probes claimed, since when), and per error
+bucket k: i<k> (bucket number), n<k> (attempts), e<k> (failures).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+BUCKETS = 6  # error-rate window split in six buckets: the rate forgets old failures smoothly
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """The circuit breaker's knobs (a `StateSettings` carries the same names)."""
+
+    failure_threshold: int = 5
+    error_rate_threshold: float = 0.5
+    min_samples: int = 20
+    cooldown_s: float = 30.0
+    half_open_probes: int = 2
+    ewma_alpha: float = 0.3
+    error_window_s: float = 60.0
+
+
+@dataclass
+class TargetHealth:
+    """What the router needs to pick a target; `usable` filters, `score` orders."""
+
+    state: str  # "closed" | "open" | "half_open"
+    latency_ewma: float | None  # seconds (ttft for streams); None before the first success
+    error_rate: float  # 0..1 over the error window
+    consecutive_failures: int
+    probes_left: int = 0  # half-open probe slots still free
+    samples: int = 0  # attempts in the error window
+
+    @property
+    def usable(self) -> bool:
+        """Closed, or half-open with a probe slot free."""
+        return self.state == CLOSED or (self.state == HALF_OPEN and self.probes_left > 0)
+
+    @property
+    def score(self) -> float:
+        """Expected seconds per successful answer; lower is better, inf when unusable.
+        A target never measured counts as 1s so it gets tried."""
+        if not self.usable:
+            return math.inf
+        latency = self.latency_ewma if self.latency_ewma is not None else 1.0
+        return latency / max(0.05, 1.0 - self.error_rate)
+
+
+HEALTHY = TargetHealth(CLOSED, None, 0.0, 0)
+
+
+@dataclass
+class CircuitRecord:
+    """The stored fields of one target, as the memory backend keeps them."""
+
+    st: str = CLOSED
+    oa: float = 0.0
+    cf: int = 0
+    ew: float | None = None
+    pb: int = 0
+    pw: float = 0.0
+    buckets: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # k -> (i, n, e)
+
+    @classmethod
+    def parse(cls, raw: Mapping[bytes | str, bytes | str]) -> CircuitRecord:
+        """From a Redis HGETALL reply."""
+        d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
+        rec = cls(
+            st=d.get("st", CLOSED),
+            oa=float(d.get("oa", 0)),
+            cf=int(float(d.get("cf", 0))),
+            ew=float(d["ew"]) if "ew" in d else None,
+            pb=int(float(d.get("pb", 0))),
+            pw=float(d.get("pw", 0)),
+        )
+        for k in range(BUCKETS):
+            if f"i{k}" in d:
+                rec.buckets[k] = (int(float(d[f"i{k}"])), int(float(d.get(f"n{k}", 0))), int(float(d.get(f"e{k}", 0))))
+        return rec
+
+    def effective_state(self, now: float, s: HealthSettings) -> str:
+        if self.st == OPEN and now - self.oa >= s.cooldown_s:
+            return HALF_OPEN
+        return self.st
+
+    def window(self, now: float, s: HealthSettings) -> tuple[int, int]:
+        """(attempts, failures) in the error window."""
+        width = s.error_window_s / BUCKETS
+        cur = int(now // width)
+        n = e = 0
+        for i, bn, be in self.buckets.values():
+            if cur - BUCKETS < i <= cur:
+                n, e = n + bn, e + be
+        return n, e
+
+    def view(self, now: float, s: HealthSettings) -> TargetHealth:
+        state = self.effective_state(now, s)
+        probes_left = 0
+        if state == HALF_OPEN:
+            live = self.st == HALF_OPEN and now - self.pw < s.cooldown_s
+            probes_left = max(0, s.half_open_probes - self.pb) if live else s.half_open_probes
+        n, e = self.window(now, s)
+        return TargetHealth(state, self.ew, (e / n) if n else 0.0, self.cf, probes_left, n)
+
+    def claim_probe(self, now: float, s: HealthSettings) -> bool:
+        """May one more attempt go to this target now? Takes a half-open probe slot.
+        Claims older than a cooldown are forgotten, so a replica that died mid-probe
+        cannot keep the target half-open forever."""
+        state = self.effective_state(now, s)
+        if state == CLOSED:
+            return True
+        if state == OPEN:
+            return False
+        if self.st != HALF_OPEN or now - self.pw >= s.cooldown_s:
+            self.st, self.pw, self.pb = HALF_OPEN, now, 0
+        if self.pb >= s.half_open_probes:
+            return False
+        self.pb += 1
+        return True
+
+    def record(self, ok: bool, latency_s: float | None, now: float, s: HealthSettings) -> tuple[str, str]:
+        """Apply one attempt's outcome; returns (state before, state after).
+        Latency feeds the EWMA on success only: a failure's timing (a timeout, an
+        instant 500) says nothing about how fast the target answers."""
+        before = self.effective_state(now, s)
+        if ok and latency_s is not None:
+            a = s.ewma_alpha
+            self.ew = latency_s if self.ew is None else a * latency_s + (1 - a) * self.ew
+        width = s.error_window_s / BUCKETS
+        cur = int(now // width)
+        k = cur % BUCKETS
+        i, n, e = self.buckets.get(k, (cur, 0, 0))
+        if i != cur:
+            n = e = 0
+        self.buckets[k] = (cur, n + 1, e + (0 if ok else 1))
+        self.cf = 0 if ok else self.cf + 1
+        after = before
+        if before == HALF_OPEN:
+            if ok:
+                after, self.st, self.cf, self.pb = CLOSED, CLOSED, 0, 0
+                self.buckets.clear()  # a fresh start: the failures that opened it are history
+            else:
+                after, self.st, self.oa, self.pb = OPEN, OPEN, now, 0
+        elif before == CLOSED and not ok:
+            wn, we = self.window(now, s)
+            if self.cf >= s.failure_threshold or (wn >= s.min_samples and we / wn >= s.error_rate_threshold):
+                after, self.st, self.oa, self.pb = OPEN, OPEN, now, 0
+        return before, after
