@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from router.errors import model_not_found
+from router.normalize import Normalized
 from router.routes import ModelGroup, RouteTable, Target
+from router.strategies import STRATEGIES, HealthMap, usable
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,16 +17,34 @@ class Candidate:
     target: Target
 
 
-def plan(table: RouteTable, names: list[str]) -> list[Candidate]:
-    """Targets of `model`, then of each name in `models`, without repeats."""
-    out: list[Candidate] = []
-    seen: set[str] = set()
+def groups(table: RouteTable, names: list[str]) -> list[ModelGroup]:
+    """The model group of each name, in order; 404 naming the first the table does not have."""
+    out = []
     for i, name in enumerate(names):
         group = table.groups.get(name)
         if group is None:
             raise model_not_found(name, "model" if i == 0 else "models")
-        for target in group.targets:
+        out.append(group)
+    return out
+
+
+def target_ids(table: RouteTable, names: list[str]) -> list[str]:
+    """Every target id the request might use: what to fetch health (and limits) for."""
+    return list(dict.fromkeys(t.id for g in groups(table, names) for t in g.targets))
+
+
+def plan(table: RouteTable, names: list[str], norm: Normalized | None = None,
+         health: HealthMap | None = None, strategy: str | None = None) -> list[Candidate]:
+    """Targets of `model`, then of each name in `models`, without repeats; each group in its
+    strategy's order (or `strategy`'s, a rule's override). Unusable targets go last of all,
+    so a request leaves a group whose targets are all down for the next group before retrying them."""
+    health = health or {}
+    ok: list[Candidate] = []
+    down: list[Candidate] = []
+    seen: set[str] = set()
+    for name, group in zip(names, groups(table, names)):
+        for target in STRATEGIES[strategy or group.strategy](group.targets, health, norm):
             if target.id not in seen:
                 seen.add(target.id)
-                out.append(Candidate(name, group, target))
-    return out
+                (ok if usable(target.id, health) else down).append(Candidate(name, group, target))
+    return ok + down

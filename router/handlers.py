@@ -1,30 +1,52 @@
-"""HTTP handlers: thin, each hands off to normalize, plan and the proxy."""
+"""HTTP handlers: thin, each hands off to keys, normalize, rules, plan and the proxy."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import orjson
 from aiohttp import web
 
+from router.candidates import plan, target_ids
 from router.errors import RouterError
 from router.exchange import EXCHANGE
-from router.metrics import UNKNOWN
+from router.keys import ClientKey
 from router.normalize import normalize
-from router.candidates import plan
 from router.proxy import Proxy
 from router.reload import Routes
+from router.routes import RouteTable
 from router.schema import Endpoint
+from router.strategies import Health
+
+
+class HealthSource(Protocol):
+    """Where target health comes from (state.SharedState has this method)."""
+
+    async def health(self, target_ids: Sequence[str]) -> Mapping[str, Health]: ...
+
 
 ROUTES = web.AppKey("routes", Routes)
 PROXY = web.AppKey("proxy", Proxy)
+HEALTH = web.AppKey("health", HealthSource)   # optional: without it every target is "unknown"
 STARTED = int(time.time())
+
+
+def _authenticate(request: web.Request, table: RouteTable) -> ClientKey | None:
+    """The caller's key (None when the table has no `keys:`, i.e. the proxy is open); 401 otherwise."""
+    if table.keys is None:
+        return None
+    key = table.keys.authenticate(request.headers.get("Authorization"))
+    request[EXCHANGE].key = key.name
+    return key
 
 
 async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     ex = request[EXCHANGE]
     ex.endpoint = endpoint
     table = request.app[ROUTES].table
+    key = _authenticate(request, table)
     limit = table.settings.max_body_bytes
     if (request.content_length or 0) > limit:
         raise _too_large(limit)
@@ -33,9 +55,17 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
         raise _too_large(limit)
     norm = normalize(endpoint, raw)
     ex.stream = norm.stream
-    if norm.names[0] in table.groups:
-        ex.model = norm.names[0]
-    candidates = plan(table, norm.names)
+    if key is not None:
+        key.check_models(norm.names)
+    decision = table.rules.decide(norm, ex.key if key is not None else None, request.headers)
+    names = decision.names
+    if names[0] in table.groups:
+        ex.model = names[0]
+    ids = target_ids(table, names)
+    # Shared state (limits, budgets) admits the request here, once the key and targets are known.
+    source = request.app.get(HEALTH)
+    health = await source.health(ids) if source is not None else {}
+    candidates = plan(table, names, norm, health, decision.strategy)
     return await request.app[PROXY].serve(request, ex, norm, candidates)
 
 
@@ -53,8 +83,11 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.Response:
+    """The public models; with keys on, only those the caller's key may use."""
     table = request.app[ROUTES].table
-    data = [{"id": name, "object": "model", "created": STARTED, "owned_by": "router"} for name in table.groups]
+    key = _authenticate(request, table)
+    data = [{"id": name, "object": "model", "created": STARTED, "owned_by": "router"}
+            for name in table.groups if key is None or key.allows(name)]
     return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
 

@@ -13,13 +13,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from providers import REGISTRY, Adapter, ProviderSettings
+from router.keys import KeyRing, build_keyring
+from router.rules import Glob, RuleSet, compile_rules
+from router.strategies import STRATEGIES
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Name = Annotated[str, Field(min_length=1)]
+
+def _listify(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# One name or glob, or a list of them: always a list once validated.
+Globs = Annotated[list[Name], BeforeValidator(_listify), Field(min_length=1)]
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 
 
 class Strict(BaseModel):
@@ -55,7 +68,7 @@ class Retry(Strict):
 class ProviderConfig(Strict):
     kind: str
     base_url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
-    api_key_env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    api_key_env: EnvName | None = None
     timeout_s: PositiveFloat = 600.0
     connect_timeout_s: PositiveFloat = 5.0
     options: dict[str, Any] = Field(default_factory=dict)
@@ -71,7 +84,7 @@ class TargetConfig(Strict):
 
 class ModelConfig(Strict):
     targets: Annotated[list[TargetConfig], Field(min_length=1)]
-    strategy: Literal["fallback", "weighted", "latency", "cost"] = "fallback"
+    strategy: str = "fallback"
     limits: Limits | None = None
     deadline_s: PositiveFloat | None = None
     max_attempts: PositiveInt | None = None
@@ -86,10 +99,97 @@ class Settings(Strict):
     default_max_tokens: PositiveInt = 1024
 
 
+class KeyConfig(Strict):
+    """A client key: its secret from an env var, or only its SHA-256 (hex) in the file."""
+
+    key_env: EnvName | None = None
+    key_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
+    models: Annotated[list[Name], Field(min_length=1)] | None = None    # globs; absent: all
+    limits: Limits | None = None
+    budget: Budget | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "KeyConfig":
+        if (self.key_env is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of 'key_env' or 'key_sha256'")
+        return self
+
+
+class Bounds(Strict):
+    min: NonNegInt | None = None
+    max: NonNegInt | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> "Bounds":
+        if self.min is None and self.max is None:
+            raise ValueError("give 'min', 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"'min' ({self.min}) is above 'max' ({self.max})")
+        return self
+
+
+class HeaderMatch(Strict):
+    equals: str | None = None
+    glob: Name | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "HeaderMatch":
+        if sum(v is not None for v in (self.equals, self.glob, self.present)) != 1:
+            raise ValueError("give exactly one of 'equals', 'glob' or 'present'")
+        return self
+
+
+HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+# A bare string is a glob (an exact value when it has no wildcard).
+HeaderSpec = Annotated[HeaderMatch, BeforeValidator(lambda v: {"glob": v} if isinstance(v, str) else v)]
+
+
+class Match(Strict):
+    """Every condition given must hold; none given matches every request."""
+
+    model: Globs | None = None
+    key: Globs | None = None
+    headers: dict[HeaderName, HeaderSpec] | None = None
+    endpoint: Literal["completions", "chat"] | None = None
+    stream: bool | None = None
+    prompt_tokens: Bounds | None = None
+    max_tokens: Bounds | None = None
+
+
+class Deny(Strict):
+    message: Name
+    status: Literal[400, 403] = 403
+
+
+DenySpec = Annotated[Deny, BeforeValidator(lambda v: {"message": v} if isinstance(v, str) else v)]
+
+
+class RuleConfig(Strict):
+    name: Name | None = None
+    match: Match = Match()
+    route: Globs | None = None          # model group name(s); replaces the request's model and models
+    rewrite: Name | None = None         # replaces `model` only; the client's `models` still follow
+    strategy: str | None = None
+    deny: DenySpec | None = None
+
+    @model_validator(mode="after")
+    def _action(self) -> "RuleConfig":
+        if self.deny is not None and (self.route or self.rewrite or self.strategy):
+            raise ValueError("'deny' cannot be combined with 'route', 'rewrite' or 'strategy'")
+        if self.route is not None and self.rewrite is not None:
+            raise ValueError("give 'route' or 'rewrite', not both")
+        if self.deny is None and self.route is None and self.rewrite is None and self.strategy is None:
+            raise ValueError("a rule needs an action: 'route', 'rewrite', 'strategy' or 'deny'")
+        return self
+
+
 class RoutesConfig(Strict):
     providers: Annotated[dict[str, ProviderConfig], Field(min_length=1)]
     models: Annotated[dict[str, ModelConfig], Field(min_length=1)]
     settings: Settings = Settings()
+    keys: Annotated[dict[Name, KeyConfig], Field(min_length=1)] | None = None
+    rules: list[RuleConfig] = Field(default_factory=list)
 
 
 class ConfigError(Exception):
@@ -136,6 +236,8 @@ class RouteTable:
     adapters: dict[str, Adapter]
     warnings: list[str] = field(default_factory=list)
     generation: int = 0
+    keys: KeyRing | None = None          # None: no `keys:` section, the proxy is open
+    rules: RuleSet = field(default_factory=RuleSet)
 
     @property
     def settings(self) -> Settings:
@@ -154,6 +256,8 @@ def _message(err: dict[str, Any]) -> str:
         return "unknown key (check its spelling and indentation)"
     if err["type"] == "missing":
         return "required key is missing"
+    if err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        return str(err["ctx"]["error"])
     return err["msg"][0].lower() + err["msg"][1:]
 
 
@@ -195,13 +299,56 @@ def parse(data: Any, source: str = "routes.yaml", environ: dict[str, str] | None
             p = cfg.providers[t.provider]
             targets.append(Target(f"{t.provider}/{t.model}", t.provider, t.model, adapters[t.provider],
                                   t.weight, t.price, t.limits, p.timeout_s, p.connect_timeout_s))
-        if m.strategy == "cost" and any(t.price is None for t in m.targets):
-            problems.append(f"models.{mname}.strategy: 'cost' needs a price on every target")
+        problems += _strategy_problems(f"models.{mname}.strategy", m.strategy, [m])
         groups[mname] = ModelGroup(mname, tuple(targets), m.strategy, m.limits, m.deadline_s or s.deadline_s,
                                    m.max_attempts or s.max_attempts, m.retry or s.retry)
+    keys = None
+    if cfg.keys is None:
+        warnings.append("no 'keys:' section: the proxy is OPEN, anyone who can reach it may use every model")
+    else:
+        keys, key_problems, key_warnings = build_keyring(cfg.keys, env)
+        problems += key_problems
+        warnings += key_warnings
+    problems += _rule_problems(cfg, warnings)
     if problems:
         raise ConfigError(problems, source)
-    return RouteTable(cfg, groups, adapters, warnings)
+    return RouteTable(cfg, groups, adapters, warnings, keys=keys,
+                      rules=compile_rules(cfg.rules, s.default_max_tokens))
+
+
+def _strategy_problems(path: str, strategy: str, models: list[ModelConfig]) -> list[str]:
+    if strategy not in STRATEGIES:
+        return [f"{path}: unknown strategy '{strategy}' (one of: {', '.join(STRATEGIES)})"]
+    if strategy == "cost" and any(t.price is None for m in models for t in m.targets):
+        return [f"{path}: 'cost' needs a price on every target it orders"]
+    return []
+
+
+def _rule_problems(cfg: RoutesConfig, warnings: list[str]) -> list[str]:
+    """Cross-checks of `rules:` against the rest of the file: names exist, strategies fit."""
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    defined = ", ".join(cfg.models)
+    for i, r in enumerate(cfg.rules):
+        at = f"rules[{i}]"
+        if r.name is not None:
+            if r.name in seen:
+                problems.append(f"{at}.name: '{r.name}' is already the name of rules[{seen[r.name]}]")
+            seen.setdefault(r.name, i)
+        targets = (r.route or []) + ([r.rewrite] if r.rewrite else [])
+        field_name = "route" if r.route is not None else "rewrite"
+        for name in targets:
+            if name not in cfg.models:
+                problems.append(f"{at}.{field_name}: unknown model group '{name}' (defined: {defined})")
+        if r.strategy is not None:
+            orders = [cfg.models[n] for n in targets if n in cfg.models] if targets else list(cfg.models.values())
+            problems += _strategy_problems(f"{at}.strategy", r.strategy, orders)
+        if r.match.key is not None:
+            if cfg.keys is None:
+                warnings.append(f"{at}.match.key: there is no 'keys:' section, so this rule never matches")
+            elif not any(Glob(r.match.key)(k) for k in cfg.keys):
+                warnings.append(f"{at}.match.key: no key in 'keys:' matches {', '.join(r.match.key)}")
+    return problems
 
 
 def load(path: str | Path, environ: dict[str, str] | None = None) -> RouteTable:
