@@ -39,6 +39,13 @@ class PoolsideAdapter(Adapter):
                                       "send each prompt as its own request")
         return body
 
+    def fix_chunk(self, endpoint: str, data: dict[str, Any]) -> None:
+        """Poolside's stream chunks are whole Completion objects, whose `finish_reason` is a
+        string: "" there means "not finished yet", which OpenAI writes as null."""
+        for choice in data.get("choices") or ():
+            if choice.get("finish_reason") == "":
+                choice["finish_reason"] = None
+
     def error_fields(self, status: int, body: Any) -> tuple[str | None, str | None, str | None]:
         if isinstance(body, dict) and ("title" in body or "detail" in body) and "error" not in body:
             param = None

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ServeSettings:
     config_path: str = "routes.yaml"
     host: str = "127.0.0.1"

@@ -59,6 +59,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def test_serve_answers_with_the_given_config(tmp_path):
+    path = tmp_path / "routes.yaml"
+    path.write_text(GOOD)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "router", "serve", "--config", str(path),
+                                                "--port", str(port), stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        body = await get_when_up(f"http://127.0.0.1:{port}/v1/models")
+        assert [m["id"] for m in body["data"]] == ["fast"]
+    finally:
+        proc.terminate()
+        _, err = await proc.communicate()
+    assert b"OPEN" in err or b"open" in err, "an open proxy must say so at start"
+
+
+async def get_when_up(url: str):
+    async with aiohttp.ClientSession() as s:
+        for _ in range(100):
+            try:
+                async with s.get(url) as r:
+                    return await r.json()
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+    pytest.fail(f"nothing answered at {url}")
+
+
 async def test_demo_serves_a_chat_completion_with_nothing_configured():
     port = free_port()
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "router", "demo", "--port", str(port),
