@@ -54,7 +54,7 @@ REPRESENTATIVE = {
     "status_class": ["2xx", "4xx", "5xx"],
     "stream": ["false", "true"],
     "result": ["ok", "error"],
-    "limit": ["requests", "tokens", "budget"],
+    "limit": ["rpm", "tpm", "concurrent", "daily_usd", "monthly_usd"],
     "outcome": ["ok", "timeout"],
     "kind": ["prompt", "completion", "cached"],
     "scope": ["key", "model", "target"],
@@ -304,6 +304,26 @@ def test_alert_rules_load_and_evaluate(prom: Prometheus) -> None:
     assert {r["name"] for r in rules} == expected
     bad = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
     assert not bad, f"rules failing in Prometheus: {bad}"
+
+
+def test_budget_alert_matches_the_proxys_budget_limits() -> None:
+    """RouterBudgetRejections filters on the `limit` values the proxy uses for budgets."""
+    limits = pytest.importorskip("router.limits")
+    expr = dict(alert_rules())["rule:router.spend:RouterBudgetRejections"]
+    matchers = set(re.findall(r'limit=~"([^"]+)"', expr))
+    assert len(matchers) == 1, expr
+    budget = re.compile(matchers.pop())
+    for kind in limits.BUDGET_KINDS:
+        assert budget.fullmatch(kind), f"{kind!r} is a budget limit the alert misses"
+    for kind in (limits.RPM, limits.TPM, limits.CONCURRENT):
+        assert not budget.fullmatch(kind), f"{kind!r} is a rate limit, not a budget"
+
+
+def test_circuit_alert_means_open() -> None:
+    from router.metrics import CIRCUIT_STATES
+
+    expr = dict(alert_rules())["rule:router.availability:RouterCircuitOpen"]
+    assert expr.strip().endswith(f"== {CIRCUIT_STATES['open']}")
 
 
 # --------------------------------------------------------------------------- promtool
