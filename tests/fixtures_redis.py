@@ -2,7 +2,8 @@
 
 `redis_url` gives each test an empty database on one session-wide server,
 `redis_server_factory` starts private servers a test may stop and restart (faults), and
-`redis_cluster_url` gives an empty three-node cluster. Without redis-server the tests
+`redis_cluster_url` gives an empty three-node cluster, and `backend` parametrises a test over
+memory / redis / cluster shared-state replicas on one fake clock. Without redis-server the tests
 skip locally and fail in CI (env CI set), so a CI image missing it cannot go green.
 """
 
@@ -13,11 +14,16 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import redis
+
+from router.metrics import Metrics
+from router.state import MemoryState, SharedState, StateSettings, create_state
 
 STARTUP_TIMEOUT_S = 10.0
 
@@ -174,3 +180,56 @@ def redis_cluster_url(redis_cluster: list[RedisServer]) -> str:
     for n in redis_cluster:
         n.flush()
     return f"redis-cluster://127.0.0.1:{redis_cluster[0].port}"
+
+
+# ---- shared-state backends on a fake clock --------------------------------------------
+
+T0 = datetime(2025, 3, 15, 12, 0, tzinfo=UTC).timestamp()
+
+
+class Clock:
+    """Wall-clock stand-in shared by every replica of a test."""
+
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+Factory = Callable[..., Awaitable[list[SharedState]]]
+
+
+@dataclass
+class Backend:
+    name: str
+    make: Factory
+    clock: Clock
+    metrics: Metrics
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """`await backend.make(n)` → n replicas on the parametrised backend."""
+    clock, metrics, made = Clock(), Metrics(), []
+    url = None
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+    elif request.param == "cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+
+    async def make(n: int = 1, **overrides: object) -> list[SharedState]:
+        settings = StateSettings(clock=clock, redis_timeout_s=2.0, **overrides)  # type: ignore[arg-type]
+        if url is None:
+            states: list[SharedState] = [MemoryState(settings, metrics)] * n
+        else:
+            states = [create_state(url, settings, metrics) for _ in range(n)]
+        made.extend(states)
+        return states
+
+    yield Backend(request.param, make, clock, metrics)
+    for s in {id(s): s for s in made}.values():
+        await s.close()

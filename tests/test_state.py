@@ -10,66 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import pytest
 
-from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec, format_reset, ratelimit_headers, Usage
-from router.metrics import Metrics
-from router.state import MemoryState, SharedState, StateSettings, create_state
-
-T0 = datetime(2025, 3, 15, 12, 0, tzinfo=UTC).timestamp()
-
-
-class Clock:
-    """Wall-clock stand-in shared by every replica of a test."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
-Factory = Callable[..., Awaitable[list[SharedState]]]
-
-
-@dataclass
-class Backend:
-    name: str
-    make: Factory
-    clock: Clock
-    metrics: Metrics
-
-
-@pytest.fixture(params=["memory", "redis", "cluster"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    """`await backend.make(n)` → n replicas on the parametrised backend."""
-    clock, metrics, made = Clock(), Metrics(), []
-    url = None
-    if request.param == "redis":
-        url = request.getfixturevalue("redis_url")
-    elif request.param == "cluster":
-        url = request.getfixturevalue("redis_cluster_url")
-
-    async def make(n: int = 1, **overrides: object) -> list[SharedState]:
-        settings = StateSettings(clock=clock, redis_timeout_s=2.0, **overrides)  # type: ignore[arg-type]
-        if url is None:
-            states: list[SharedState] = [MemoryState(settings, metrics)] * n
-        else:
-            states = [create_state(url, settings, metrics) for _ in range(n)]
-        made.extend(states)
-        return states
-
-    yield Backend(request.param, make, clock, metrics)
-    for s in {id(s): s for s in made}.values():
-        await s.close()
-
+from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec, Usage, format_reset, ratelimit_headers
+from router.state import SharedState
+from tests.fixtures_redis import Backend
 
 def adm(
     key: str | None = "team-a",
