@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
+import os
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -23,7 +23,7 @@ def request_id(given: str | None) -> str:
     """The client's own id when it is safe to log and forward; otherwise a fresh one."""
     if given and _SANE_ID.match(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 @dataclass(slots=True)

@@ -54,9 +54,21 @@ class Proxy:
                 continue
             payload = orjson.dumps(body)
             try:
+                # Fast path: most first attempts succeed, so the retry machinery is only
+                # built once one has failed with something worth retrying.
+                try:
+                    return await self._attempt(request, ex, norm, cand, payload, deadline)
+                except UpstreamError as exc:
+                    if exc.action is not Action.RETRY:
+                        raise
+                    failed: UpstreamError | None = exc
                 async for attempt in retrying(cand.group.retry, deadline, lambda: ex.attempts < cap,
                                               self._on_retry(ex, target)):
                     with attempt:
+                        if failed is not None:
+                            # Replay the first failure so the policy counts and waits for it.
+                            exc, failed = failed, None
+                            raise exc
                         return await self._attempt(request, ex, norm, cand, payload, deadline)
             except UpstreamError as exc:
                 if exc.action is Action.RETURN:
