@@ -62,7 +62,14 @@ class Retry(Strict):
     attempts: Annotated[int, Field(ge=1, le=10)] = 2          # tries of one target, first included
     backoff_initial_s: NonNegFloat = 0.1
     backoff_max_s: NonNegFloat = 2.0
-    retry_after_cap_s: NonNegFloat = 5.0
+    retry_after_cap_s: NonNegFloat = 5.0      # also bounds backoff waits: past it, the next target
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Retry":
+        if self.backoff_initial_s > self.backoff_max_s:
+            raise ValueError(f"'backoff_initial_s' ({self.backoff_initial_s:g}) is above 'backoff_max_s' "
+                             f"({self.backoff_max_s:g})")
+        return self
 
 
 class ProviderConfig(Strict):

@@ -79,6 +79,8 @@ INVALID = [
     (with_(models={"m": {"strategy": "cost", "targets": [{"provider": "p", "model": "a"}]}}),
      "models.m.strategy: 'cost' needs a price on every target it orders"),
     (with_(settings={"retry": {"attempts": 0}}), "settings.retry.attempts: input should be greater than or equal to 1"),
+    (with_(settings={"retry": {"backoff_initial_s": 3}}),
+     "settings.retry: 'backoff_initial_s' (3) is above 'backoff_max_s' (2)"),
     (with_(models={"m": {"retry": {"atempts": 3}, "targets": [{"provider": "p", "model": "a"}]}}),
      "models.m.retry.atempts: unknown key"),
 ]
