@@ -218,6 +218,31 @@ def test_k8s_routes_configmap_passes_router_check(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_k8s_routes_configmap_is_the_repositorys_routes_yaml() -> None:
+    shipped = find("ConfigMap", "router-routes")["data"]["routes.yaml"]
+    assert shipped == (REPO / "routes.yaml").read_text(), (
+        "deploy/k8s/configmap.yaml differs from routes.yaml: run python3 deploy/k8s/sync_configmap.py"
+    )
+    r = subprocess.run(
+        [sys.executable, str(K8S / "sync_configmap.py"), "--check"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def test_sync_configmap_rewrites_only_the_data(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("providers:\n  x: {kind: openai, base_url: http://h}\n\nmodels: {}\n")
+    configmap = tmp_path / "configmap.yaml"
+    configmap.write_text((K8S / "configmap.yaml").read_text())
+    script = [sys.executable, str(K8S / "sync_configmap.py"), "--routes", str(routes), "--configmap", str(configmap)]
+    assert subprocess.run([*script, "--check"], capture_output=True, timeout=60).returncode == 1
+    assert subprocess.run(script, capture_output=True, timeout=60).returncode == 0
+    (doc,) = load_all(configmap)
+    assert doc["data"]["routes.yaml"] == routes.read_text()
+    assert doc["metadata"] == find("ConfigMap", "router-routes")["metadata"]
+    assert subprocess.run([*script, "--check"], capture_output=True, timeout=60).returncode == 0
+
+
 def test_k8s_redis_is_single_and_non_root() -> None:
     dep = find("Deployment", "redis")
     assert dep["spec"]["replicas"] == 1
@@ -271,6 +296,16 @@ def test_compose_two_proxy_replicas(compose_config: dict[str, Any]) -> None:
         mounts = [v for v in svc["volumes"] if v.endswith(":/etc/router/routes.yaml:ro")]
         assert mounts and Path(mounts[0].split(":")[0]) == REPO / "routes.yaml", svc["volumes"]
         assert svc.get("read_only") is True
+
+
+def test_compose_passes_every_vendor_key_of_routes_yaml() -> None:
+    """Each api_key_env of the routes.yaml compose mounts is passed to both replicas."""
+    routes = yaml.safe_load((REPO / "routes.yaml").read_text())
+    wanted = {p["api_key_env"] for p in routes["providers"].values() if p.get("api_key_env")}
+    raw = yaml.safe_load(COMPOSE.read_text())
+    for name, svc in raw["services"].items():
+        if "build" in svc:
+            assert wanted <= set(svc["environment"]), f"{name}: missing {wanted - set(svc['environment'])}"
 
 
 def test_compose_file_holds_no_key_values() -> None:
