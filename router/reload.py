@@ -65,9 +65,18 @@ class Routes:
         return self._mtime() != self._stamp
 
     async def watch(self, interval: float) -> None:
+        """Poll every `interval`; reload once a change has held still for one more poll, so a
+        file caught half-written by an editor is not refused (and counted) for nothing."""
+        seen: tuple[int, int] | None = None
         while True:
             await asyncio.sleep(interval)
-            if self.changed():
+            stamp = self._mtime()
+            if stamp == self._stamp:
+                seen = None
+            elif stamp != seen:
+                seen = stamp
+            else:
+                seen = None
                 self.reload()
 
 
