@@ -76,8 +76,11 @@ def _explain(table: RouteTable, body: dict[str, Any], key_name: str | None, endp
         own = [c for c in candidates if c.public == name]
         lines.append(f"  {name}: strategy {strategy}{_order_note(strategy, group, own)}"
                      f"{'; limits ' + _limits(group.limits) if group.limits else ''}")
-        for c in own:
-            lines.append(f"    {candidates.index(c) + 1}. {_target(c, norm)}")
+        places = sorted(candidates.index(c) + 1 for c in own)
+        if strategy == "weighted":   # drawn per request: show the group's places in config order
+            own.sort(key=lambda c: group.targets.index(c.target))
+        for place, c in zip(places, own):
+            lines.append(f"    {place}. {_target(c, norm)}")
 
 
 def _request(table: RouteTable, norm: Normalized) -> str:

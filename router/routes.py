@@ -348,8 +348,18 @@ def _rule_problems(cfg: RoutesConfig, warnings: list[str]) -> list[str]:
             if name not in cfg.models:
                 problems.append(f"{at}.{field_name}: unknown model group '{name}' (defined: {defined})")
         if r.strategy is not None:
-            orders = [cfg.models[n] for n in targets if n in cfg.models] if targets else list(cfg.models.values())
-            problems += _strategy_problems(f"{at}.strategy", r.strategy, orders)
+            # The groups the rule sends to: named outright, or the requested ones its match allows.
+            pick = (lambda n: n in targets) if targets else Glob(r.match.model) if r.match.model else None
+            if pick is not None:
+                problems += _strategy_problems(f"{at}.strategy", r.strategy,
+                                               [m for n, m in cfg.models.items() if pick(n)])
+            elif r.strategy not in STRATEGIES:
+                problems += _strategy_problems(f"{at}.strategy", r.strategy, [])
+            elif r.strategy == "cost":
+                unpriced = [n for n, m in cfg.models.items() if any(t.price is None for t in m.targets)]
+                if unpriced:
+                    warnings.append(f"{at}.strategy: 'cost' puts targets without a price last, in: "
+                                    + ", ".join(unpriced))
         if r.match.key is not None:
             if cfg.keys is None:
                 warnings.append(f"{at}.match.key: there is no 'keys:' section, so this rule never matches")

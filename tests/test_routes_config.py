@@ -55,7 +55,8 @@ INVALID = [
     (with_(rules=[{"rewrite": "nope"}]), "rules[0].rewrite: unknown model group 'nope' (defined: fast, slow)"),
     (with_(rules=[{"strategy": "fastest"}]),
      "rules[0].strategy: unknown strategy 'fastest' (one of: fallback, weighted, latency, cost)"),
-    (with_(rules=[{"strategy": "cost"}]), "rules[0].strategy: 'cost' needs a price on every target it orders"),
+    (with_(rules=[{"match": {"model": "sl*"}, "strategy": "cost"}]),
+     "rules[0].strategy: 'cost' needs a price on every target it orders"),
     (with_(rules=[{"strategy": "cost", "route": "slow"}]),
      "rules[0].strategy: 'cost' needs a price on every target it orders"),
     (with_(rules=[{"name": "a", "route": "fast"}, {"name": "a", "route": "slow"}]),
@@ -119,6 +120,8 @@ def test_valid_document_loads(doc):
 
 WARNINGS = [
     (base(), "no 'keys:' section: the proxy is OPEN"),
+    (with_(rules=[{"match": {"stream": True}, "strategy": "cost"}]),
+     "rules[0].strategy: 'cost' puts targets without a price last, in: slow"),
     (with_(keys={"k": {"key_env": "UNSET_VAR"}}), "keys.k.key_env: environment variable UNSET_VAR is not set"),
     (with_(rules=[{"match": {"key": "k"}, "route": "fast"}]),
      "rules[0].match.key: there is no 'keys:' section, so this rule never matches"),
