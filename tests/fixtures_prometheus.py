@@ -8,9 +8,14 @@ Fixtures
     ``evaluation_interval`` of 1s, and ``--web.enable-lifecycle``. It starts with no
     targets; the test names them once it knows its ports::
 
-        prometheus.set_targets([f"127.0.0.1:{server.port}"])      # job="router"
-        await prometheus.wait_for_async("router_requests_in_flight")
-        assert await prometheus.value_async("sum(router_spend_usd_total)") == pytest.approx(0.42)
+        await prometheus.set_targets_async([f"127.0.0.1:{port}"])   # job="router"
+        await prometheus.wait_for_targets_up_async()
+        ... send traffic through the proxy ...
+        await prometheus.wait_for_value_async("sum(router_spend_usd_total)", expected_usd)
+
+    Sync tests use the same names without `_async`. Prometheus' target discovery hands a
+    new target list to the scrapers on a 5-second tick, so the first scrape of a new
+    target comes about 5 s after ``set_targets``: wait for it, don't sleep.
 
 ``prometheus_binary`` / ``promtool_binary``
     Paths of the two programs. Missing: ``pytest.fail`` when ``CI`` is set, else a skip.
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -259,6 +265,16 @@ class Prometheus:
                 raise TimeoutError(f"after {timeout}s, {expr!r} gave {result!r}")
             time.sleep(0.25)
 
+    def wait_for_value(
+        self, expr: str, expected: float, *, rel: float = 1e-9, abs_tol: float = 1e-12, timeout: float = 30.0
+    ) -> float:
+        """Poll until `expr` has one sample equal to `expected` (within rel/abs); that value."""
+        try:
+            result = self.wait_for(expr, _equals(expected, rel, abs_tol), timeout=timeout)
+        except TimeoutError as e:
+            raise AssertionError(f"{expr!r} never equalled {expected!r}: {e}") from None
+        return float(result[0]["value"][1])
+
     def metric_names(self) -> set[str]:
         return set(self._unwrap("__name__", self._get("/api/v1/label/__name__/values")))
 
@@ -316,6 +332,37 @@ class Prometheus:
             if loop.time() > deadline:
                 raise TimeoutError(f"after {timeout}s, {expr!r} gave {result!r}")
             await asyncio.sleep(0.25)
+
+
+    async def wait_for_value_async(
+        self, expr: str, expected: float, *, rel: float = 1e-9, abs_tol: float = 1e-12, timeout: float = 30.0
+    ) -> float:
+        try:
+            result = await self.wait_for_async(expr, _equals(expected, rel, abs_tol), timeout=timeout)
+        except TimeoutError as e:
+            raise AssertionError(f"{expr!r} never equalled {expected!r}: {e}") from None
+        return float(result[0]["value"][1])
+
+    # Configuration and target checks from a test whose server runs on the test's own loop:
+    # run the blocking calls in a thread so the loop keeps answering Prometheus' scrapes.
+
+    async def set_targets_async(self, targets: Sequence[str], **kwargs: Any) -> None:
+        await asyncio.to_thread(self.set_targets, targets, **kwargs)
+
+    async def load_rules_async(self, *paths: str | Path) -> None:
+        await asyncio.to_thread(self.load_rules, *paths)
+
+    async def wait_for_targets_up_async(self, *, timeout: float = 30.0) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.wait_for_targets_up, timeout=timeout)
+
+
+def _equals(expected: float, rel: float, abs_tol: float) -> Predicate:
+    def check(result: Result) -> bool:
+        return len(result) == 1 and math.isclose(
+            float(result[0]["value"][1]), expected, rel_tol=rel, abs_tol=abs_tol
+        )
+
+    return check
 
 
 def _as_vector(data: dict[str, Any]) -> Result:

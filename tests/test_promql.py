@@ -326,6 +326,38 @@ def test_circuit_alert_means_open() -> None:
     assert expr.strip().endswith(f"== {CIRCUIT_STATES['open']}")
 
 
+async def test_prometheus_fixture_sees_spend_from_an_app_on_the_test_loop(
+    prometheus: Prometheus, aiohttp_server: Any
+) -> None:
+    """The fixture as the end-to-end spend test uses it: a server on the test's own event
+    loop, targets set once its port is known, a wait for an exact total of spend."""
+    metrics = Metrics()
+
+    async def handle(_request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+
+    app = web.Application()
+    app.router.add_get("/metrics", handle)
+    server = await aiohttp_server(app)
+    await prometheus.set_targets_async([f"127.0.0.1:{server.port}"])
+    await prometheus.wait_for_targets_up_async()
+
+    charges = [("team-a", "kimi-k2", "cogito", 0.000123), ("team-a", "kimi-k2", "nebius", 0.1),
+               ("team-b", "llama", "nebius", 0.2), ("team-a", "kimi-k2", "cogito", 1.5e-6)]
+    for key, model, provider, usd in charges:
+        metrics.spend.labels(key, model, provider).inc(usd)
+    expected = sum(usd for *_, usd in charges)
+    await prometheus.wait_for_value_async("sum(router_spend_usd_total)", expected)
+    by_key = {r["metric"]["key"]: float(r["value"][1])
+              for r in await prometheus.query_async("sum by (key) (router_spend_usd_total)")}
+    assert by_key == pytest.approx({"team-a": 0.000123 + 0.1 + 1.5e-6, "team-b": 0.2})
+
+    metrics.spend.labels("team-b", "llama", "nebius").inc(0.05)
+    await prometheus.wait_for_value_async("sum(router_spend_usd_total)", expected + 0.05)
+    with pytest.raises(AssertionError, match="never equalled"):
+        await prometheus.wait_for_value_async("sum(router_spend_usd_total)", 42.0, timeout=1.5)
+
+
 # --------------------------------------------------------------------------- promtool
 
 
