@@ -17,8 +17,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from providers import REGISTRY, Adapter, ProviderSettings
 from router.keys import KeyRing, build_keyring
-from router.rules import Glob, RuleSet, compile_rules
-from router.strategies import STRATEGIES
+from router.rules import RuleSet, check_rules, compile_rules
+from router.strategies import strategy_problems
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -306,7 +306,7 @@ def parse(data: Any, source: str = "routes.yaml", environ: dict[str, str] | None
             p = cfg.providers[t.provider]
             targets.append(Target(f"{t.provider}/{t.model}", t.provider, t.model, adapters[t.provider],
                                   t.weight, t.price, t.limits, p.timeout_s, p.connect_timeout_s))
-        problems += _strategy_problems(f"models.{mname}.strategy", m.strategy, [m])
+        problems += strategy_problems(f"models.{mname}.strategy", m.strategy, [m])
         groups[mname] = ModelGroup(mname, tuple(targets), m.strategy, m.limits, m.deadline_s or s.deadline_s,
                                    m.max_attempts or s.max_attempts, m.retry or s.retry)
     keys = None
@@ -316,56 +316,11 @@ def parse(data: Any, source: str = "routes.yaml", environ: dict[str, str] | None
         keys, key_problems, key_warnings = build_keyring(cfg.keys, env)
         problems += key_problems
         warnings += key_warnings
-    problems += _rule_problems(cfg, warnings)
+    problems += check_rules(cfg, warnings)
     if problems:
         raise ConfigError(problems, source)
     return RouteTable(cfg, groups, adapters, warnings, keys=keys,
                       rules=compile_rules(cfg.rules, s.default_max_tokens))
-
-
-def _strategy_problems(path: str, strategy: str, models: list[ModelConfig]) -> list[str]:
-    if strategy not in STRATEGIES:
-        return [f"{path}: unknown strategy '{strategy}' (one of: {', '.join(STRATEGIES)})"]
-    if strategy == "cost" and any(t.price is None for m in models for t in m.targets):
-        return [f"{path}: 'cost' needs a price on every target it orders"]
-    return []
-
-
-def _rule_problems(cfg: RoutesConfig, warnings: list[str]) -> list[str]:
-    """Cross-checks of `rules:` against the rest of the file: names exist, strategies fit."""
-    problems: list[str] = []
-    seen: dict[str, int] = {}
-    defined = ", ".join(cfg.models)
-    for i, r in enumerate(cfg.rules):
-        at = f"rules[{i}]"
-        if r.name is not None:
-            if r.name in seen:
-                problems.append(f"{at}.name: '{r.name}' is already the name of rules[{seen[r.name]}]")
-            seen.setdefault(r.name, i)
-        targets = (r.route or []) + ([r.rewrite] if r.rewrite else [])
-        field_name = "route" if r.route is not None else "rewrite"
-        for name in targets:
-            if name not in cfg.models:
-                problems.append(f"{at}.{field_name}: unknown model group '{name}' (defined: {defined})")
-        if r.strategy is not None:
-            # The groups the rule sends to: named outright, or the requested ones its match allows.
-            pick = (lambda n: n in targets) if targets else Glob(r.match.model) if r.match.model else None
-            if pick is not None:
-                problems += _strategy_problems(f"{at}.strategy", r.strategy,
-                                               [m for n, m in cfg.models.items() if pick(n)])
-            elif r.strategy not in STRATEGIES:
-                problems += _strategy_problems(f"{at}.strategy", r.strategy, [])
-            elif r.strategy == "cost":
-                unpriced = [n for n, m in cfg.models.items() if any(t.price is None for t in m.targets)]
-                if unpriced:
-                    warnings.append(f"{at}.strategy: 'cost' puts targets without a price last, in: "
-                                    + ", ".join(unpriced))
-        if r.match.key is not None:
-            if cfg.keys is None:
-                warnings.append(f"{at}.match.key: there is no 'keys:' section, so this rule never matches")
-            elif not any(Glob(r.match.key)(k) for k in cfg.keys):
-                warnings.append(f"{at}.match.key: no key in 'keys:' matches {', '.join(r.match.key)}")
-    return problems
 
 
 def load(path: str | Path, environ: dict[str, str] | None = None) -> RouteTable:

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 
 from router.errors import INVALID_REQUEST, PERMISSION, RouterError
 from router.normalize import Normalized
+from router.strategies import STRATEGIES, strategy_problems
 
 if TYPE_CHECKING:
-    from router.routes import Bounds, Deny, HeaderMatch, Match, RuleConfig
+    from router.routes import Bounds, Deny, HeaderMatch, Match, RoutesConfig, RuleConfig
 
 _WILD = re.compile(r"[*?\[]")
 
@@ -164,3 +165,40 @@ def compile_rules(rules: Sequence[RuleConfig], default_max_tokens: int) -> RuleS
         out.append(Rule(i, r.name or f"#{i}", checks, describe, route, r.rewrite, r.strategy,
                         deny_error(r.deny) if r.deny is not None else None))
     return RuleSet(out)
+
+
+def check_rules(cfg: RoutesConfig, warnings: list[str]) -> list[str]:
+    """Cross-checks of `rules:` against the rest of the file: names exist, strategies fit."""
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    defined = ", ".join(cfg.models)
+    for i, r in enumerate(cfg.rules):
+        at = f"rules[{i}]"
+        if r.name is not None:
+            if r.name in seen:
+                problems.append(f"{at}.name: '{r.name}' is already the name of rules[{seen[r.name]}]")
+            seen.setdefault(r.name, i)
+        targets = (r.route or []) + ([r.rewrite] if r.rewrite else [])
+        field_name = "route" if r.route is not None else "rewrite"
+        for name in targets:
+            if name not in cfg.models:
+                problems.append(f"{at}.{field_name}: unknown model group '{name}' (defined: {defined})")
+        if r.strategy is not None:
+            # The groups the rule sends to: named outright, or the requested ones its match allows.
+            pick = (lambda n: n in targets) if targets else Glob(r.match.model) if r.match.model else None
+            if pick is not None:
+                problems += strategy_problems(f"{at}.strategy", r.strategy,
+                                              [m for n, m in cfg.models.items() if pick(n)])
+            elif r.strategy not in STRATEGIES:
+                problems += strategy_problems(f"{at}.strategy", r.strategy, [])
+            elif r.strategy == "cost":
+                unpriced = [n for n, m in cfg.models.items() if any(t.price is None for t in m.targets)]
+                if unpriced:
+                    warnings.append(f"{at}.strategy: 'cost' puts targets without a price last, in: "
+                                    + ", ".join(unpriced))
+        if r.match.key is not None:
+            if cfg.keys is None:
+                warnings.append(f"{at}.match.key: there is no 'keys:' section, so this rule never matches")
+            elif not any(Glob(r.match.key)(k) for k in cfg.keys):
+                warnings.append(f"{at}.match.key: no key in 'keys:' matches {', '.join(r.match.key)}")
+    return problems

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from router.normalize import Normalized
 
@@ -91,3 +91,12 @@ STRATEGIES: dict[str, Strategy] = {
     "latency": latency,
     "cost": cost,
 }
+
+
+def strategy_problems(path: str, strategy: str, models: Sequence[Any]) -> list[str]:
+    """Load-time check of a strategy name for the model groups (configs) it will order."""
+    if strategy not in STRATEGIES:
+        return [f"{path}: unknown strategy '{strategy}' (one of: {', '.join(STRATEGIES)})"]
+    if strategy == "cost" and any(t.price is None for m in models for t in m.targets):
+        return [f"{path}: 'cost' needs a price on every target it orders"]
+    return []
