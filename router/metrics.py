@@ -130,5 +130,9 @@ class Metrics:
             registry=r,
         )
 
+        # Series an alert watches with increase() must exist at 0 before their first event.
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
