@@ -1,20 +1,20 @@
 """Health of provider targets: latency EWMA, recent error rate, circuit breaker.
 
 One record per target holds everything. The memory backend applies the transitions below
-in Python; the Redis backend runs the same rules in Lua (`redis_state.py`) so replicas
-update one record atomically. Both store the same fields, and reading (`view`) is the
-same Python code for both, so "open" turning into "half_open" after the cooldown is
-decided at read time: no timer, no background job, nothing to lose on a restart.
+in Python; the Redis backend runs the same rules in Lua (at the end of this module) so
+replicas update one record atomically. Both store the same fields, and reading (`view`)
+is the same Python code for both, so "open" turning into "half_open" after the cooldown
+is decided at read time: no timer, no background job, nothing to lose on a restart.
 
 Stored fields: st (closed|open|half_open), oa (opened at), cf (consecutive failures),
 ew (latency EWMA, seconds), pb/pw (half-open probes claimed, since when), and per error
-bucket k: i<k> (bucket number), n<k> (attempts), e<k> (failures).
+bucket k: i<k> (bucket number = time // bucket width), n<k> (attempts), e<k> (failures).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -76,21 +76,15 @@ class CircuitRecord:
     buckets: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # k -> (i, n, e)
 
     @classmethod
-    def parse(cls, raw: Mapping[bytes | str, bytes | str]) -> CircuitRecord:
-        """From a Redis HGETALL reply."""
-        d = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
-        rec = cls(
-            st=d.get("st", CLOSED),
-            oa=float(d.get("oa", 0)),
-            cf=int(float(d.get("cf", 0))),
-            ew=float(d["ew"]) if "ew" in d else None,
-            pb=int(float(d.get("pb", 0))),
-            pw=float(d.get("pw", 0)),
+    def from_summary(cls, fields: Sequence[bytes | str | int], bucket: int | str) -> CircuitRecord:
+        """From the Redis scripts' summary: st, oa, cf, ew, pb, pw, and the error window's
+        attempts and failures (summed in Lua, kept here as one current bucket)."""
+        st, oa, cf, ew, pb, pw = (f.decode() if isinstance(f, bytes) else str(f) for f in fields[:6])
+        n, e = int(fields[6]), int(fields[7])
+        return cls(
+            st=st, oa=float(oa), cf=int(float(cf)), ew=float(ew) if ew else None, pb=int(float(pb)), pw=float(pw),
+            buckets={0: (int(bucket), n, e)} if n else {},
         )
-        for k in range(BUCKETS):
-            if f"i{k}" in d:
-                rec.buckets[k] = (int(float(d[f"i{k}"])), int(float(d.get(f"n{k}", 0))), int(float(d.get(f"e{k}", 0))))
-        return rec
 
     def effective_state(self, now: float, s: HealthSettings) -> str:
         if self.st == OPEN and now - self.oa >= s.cooldown_s:
@@ -160,3 +154,82 @@ class CircuitRecord:
             if self.cf >= s.failure_threshold or (wn >= s.min_samples and we / wn >= s.error_rate_threshold):
                 after, self.st, self.oa, self.pb = OPEN, OPEN, now, 0
         return before, after
+
+
+# ---- the same rules in Lua, for the Redis backend (redis_state.py runs them) ------------
+# Kept next to the Python above so a change to one is made to the other; the shared test
+# suite runs both.
+
+# A target's health summary (the error window summed in Lua, so a reply is 8 values, not
+# the whole hash) and the half-open probe claim: `claim_probe` above.
+LUA_PRELUDE = """
+local function summary(h, cur, nb)
+  local f = {'st', 'oa', 'cf', 'ew', 'pb', 'pw'}
+  for j = 0, nb - 1 do f[#f + 1] = 'i' .. j; f[#f + 1] = 'n' .. j; f[#f + 1] = 'e' .. j end
+  local v = redis.call('HMGET', h, unpack(f))
+  local n, e = 0, 0
+  for j = 0, nb - 1 do
+    local i = tonumber(v[7 + 3 * j])
+    if i and i > cur - nb and i <= cur then n, e = n + tonumber(v[8 + 3 * j]), e + tonumber(v[9 + 3 * j]) end
+  end
+  return {v[1] or 'closed', v[2] or '0', v[3] or '0', v[4] or '', v[5] or '0', v[6] or '0', n, e}
+end
+local function probe(h, nows, cooldown, probes, apply)
+  local st, oa, pb, pw = unpack(redis.call('HMGET', h, 'st', 'oa', 'pb', 'pw'))
+  local now = tonumber(nows)
+  st = st or 'closed'
+  local eff = st
+  if st == 'open' and now - tonumber(oa or '0') >= cooldown then eff = 'half_open' end
+  if eff == 'closed' then return 1 end
+  if eff == 'open' then return 0 end
+  pb, pw = tonumber(pb or '0'), pw or '0'
+  if st ~= 'half_open' or now - tonumber(pw) >= cooldown then pb, pw = 0, nows end
+  if pb >= probes then return 0 end
+  if apply then redis.call('HSET', h, 'st', 'half_open', 'pw', pw, 'pb', pb + 1) end
+  return 2
+end
+"""
+
+# KEYS: health hashes; ARGV: error bucket, #buckets.
+LUA_HEALTH = """
+local out = {}
+for i = 1, #KEYS do out[i] = summary(KEYS[i], tonumber(ARGV[1]), tonumber(ARGV[2])) end
+return out
+"""
+
+# KEYS[1]: health hash. ARGV: now, ok, latency, alpha, failure threshold, error-rate
+# threshold, min samples, cooldown, error bucket, #buckets, ttl. CircuitRecord.record.
+LUA_RECORD = """
+local h, nows = KEYS[1], ARGV[1]
+local now, ok, lat = tonumber(nows), ARGV[2] == '1', tonumber(ARGV[3])
+local alpha, fth, rth, mins = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local cool, cur, nb = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local st, oa, cf, ew = unpack(redis.call('HMGET', h, 'st', 'oa', 'cf', 'ew'))
+st, cf = st or 'closed', tonumber(cf or '0')
+local before = st
+if st == 'open' and now - tonumber(oa or '0') >= cool then before = 'half_open' end
+if ok and lat then
+  ew = tonumber(ew)
+  if ew then ew = alpha * lat + (1 - alpha) * ew else ew = lat end
+  redis.call('HSET', h, 'ew', string.format('%.6f', ew))
+end
+local k = cur % nb
+local bi, bn, be = unpack(redis.call('HMGET', h, 'i' .. k, 'n' .. k, 'e' .. k))
+if tonumber(bi) ~= cur then bn, be = 0, 0 end
+if ok then cf = 0 else cf = cf + 1 end
+redis.call('HSET', h, 'i' .. k, ARGV[9], 'n' .. k, tonumber(bn) + 1, 'e' .. k, tonumber(be) + (ok and 0 or 1), 'cf', cf)
+local after = before
+if before == 'half_open' and ok then
+  after = 'closed'
+  redis.call('HSET', h, 'st', 'closed', 'cf', 0, 'pb', 0)
+  for j = 0, nb - 1 do redis.call('HDEL', h, 'i' .. j, 'n' .. j, 'e' .. j) end
+elseif not ok and before ~= 'open' then
+  local s = summary(h, cur, nb)
+  if before == 'half_open' or cf >= fth or (s[7] >= mins and s[8] / s[7] >= rth) then
+    after = 'open'
+    redis.call('HSET', h, 'st', 'open', 'oa', nows, 'pb', 0)
+  end
+end
+redis.call('PEXPIRE', h, ARGV[11])
+return {before, after}
+"""

@@ -108,19 +108,24 @@ def to_micro(usd: float) -> int:
     return max(0, round(usd * MICRO))
 
 
-def budget_periods(now: float) -> tuple[str, str, float, float]:
-    """(day id, month id, seconds to the end of the UTC day, ... of the UTC month)."""
-    t = datetime.fromtimestamp(now, UTC)
-    day_start = t.replace(hour=0, minute=0, second=0, microsecond=0)
-    next_day = day_start + timedelta(days=1)
-    month_start = day_start.replace(day=1)
-    next_month = (month_start + timedelta(days=32)).replace(day=1)
-    return (
-        t.strftime("%Y-%m-%d"),
-        t.strftime("%Y-%m"),
-        (next_day - t).total_seconds(),
-        (next_month - t).total_seconds(),
-    )
+class BudgetPeriods:
+    """(day id, month id, seconds to the end of the UTC day, ... of the UTC month) for a
+    time; the calendar work is done once per UTC day, not per request."""
+
+    def __init__(self) -> None:
+        self._day_start = self._day_end = self._month_end = 0.0
+        self._ids = ("", "")
+
+    def __call__(self, now: float) -> tuple[str, str, float, float]:
+        if not self._day_start <= now < self._day_end:
+            t = datetime.fromtimestamp(now, UTC)
+            day_start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+            month_start = day_start.replace(day=1)
+            self._day_start = day_start.timestamp()
+            self._day_end = (day_start + timedelta(days=1)).timestamp()
+            self._month_end = (month_start + timedelta(days=32)).replace(day=1).timestamp()
+            self._ids = (t.strftime("%Y-%m-%d"), t.strftime("%Y-%m"))
+        return self._ids[0], self._ids[1], self._day_end - now, self._month_end - now
 
 
 def format_reset(seconds: float) -> str:
@@ -215,3 +220,145 @@ def state_unavailable(reason: str) -> RouterError:
         code="service_unavailable",
         headers={"retry-after": "1"},
     )
+
+
+# ---- the check-and-charge in Lua, for the Redis backend (redis_state.py runs them) ------
+# The rules of MemoryState._try (state.py): evaluate every check, then charge all or none.
+
+# KEYS: each check's keys (tpm: zset + hash; others one), then health hashes (or the one
+# to claim a probe on). ARGV: now, cutoff, rid, lease deadline, window ms, lease ms,
+# #checks, probe mode, cooldown, probes, error bucket, #buckets, then kind/limit/amount.
+# Returns {1, {remaining, reset_ms}*, {summary}*, probe} or {0, check# (0: probe), retry_ms, reset_ms}.
+LUA_ADMIT = """
+local nows, cutoff, rid, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, win_ms, lease_ms, n = tonumber(nows), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local probing, cooldown, probes = ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
+local cur, nb, W = tonumber(ARGV[11]), tonumber(ARGV[12]), win_ms / 1000
+local function used_tokens(z, h)
+  local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
+  if #old > 0 then
+    local sub = 0
+    for i = 1, #old, 500 do
+      local chunk = {unpack(old, i, math.min(i + 499, #old))}
+      for _, a in ipairs(redis.call('HMGET', h, unpack(chunk))) do if a then sub = sub + tonumber(a) end end
+      redis.call('HDEL', h, unpack(chunk))
+    end
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
+    if sub ~= 0 then redis.call('HINCRBY', h, '_', -sub) end
+  end
+  return tonumber(redis.call('HGET', h, '_') or '0')
+end
+local function until_ms(score) return math.max(1, math.ceil((tonumber(score) + W - now) * 1000)) end
+local function reset_ms(z)
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if #first == 0 then return 0 end
+  return until_ms(first[2])
+end
+local function retry_ms(kind, z, h, used, amount, limit)
+  if kind == 'concurrent' then return 1000 end
+  if amount > limit then return win_ms end
+  local excess = used + amount - limit
+  if kind == 'rpm' then
+    local e = redis.call('ZRANGE', z, excess - 1, excess - 1, 'WITHSCORES')
+    if #e == 0 then return win_ms end
+    return until_ms(e[2])
+  end
+  local start = 0
+  while true do
+    local e = redis.call('ZRANGE', z, start, start + 199, 'WITHSCORES')
+    if #e == 0 then return win_ms end
+    local ids = {}
+    for i = 1, #e, 2 do ids[#ids + 1] = e[i] end
+    local amts = redis.call('HMGET', h, unpack(ids))
+    for i = 1, #ids do
+      excess = excess - tonumber(amts[i] or '0')
+      if excess <= 0 then return until_ms(e[2 * i]) end
+    end
+    start = start + 200
+  end
+end
+local plan, ki, ai = {}, 1, 13
+for c = 1, n do
+  local kind, limit, amount = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+  ai = ai + 3
+  local z, h = KEYS[ki], false
+  ki = ki + 1
+  if kind == 'tpm' then h = KEYS[ki]; ki = ki + 1 end
+  local used
+  if kind == 'rpm' then
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
+    used = redis.call('ZCARD', z)
+  elseif kind == 'tpm' then
+    used = used_tokens(z, h)
+  elseif kind == 'concurrent' then
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', nows)
+    used = redis.call('ZCARD', z)
+  else
+    used = tonumber(redis.call('GET', z) or '0')
+    if used >= limit then return {0, c, -1, 0} end
+  end
+  if used + amount > limit then
+    local r = 0
+    if kind ~= 'concurrent' then r = reset_ms(z) end
+    return {0, c, retry_ms(kind, z, h, used, amount, limit), r}
+  end
+  plan[c] = {kind, z, h, amount, limit - used - amount}
+end
+if probing and probe(KEYS[ki], nows, cooldown, probes, false) == 0 then return {0, 0, 0, 0} end
+local usages = {}
+for c = 1, n do
+  local kind, z, h, amount, left = unpack(plan[c])
+  local reset = 0
+  if kind == 'rpm' or kind == 'tpm' then
+    redis.call('ZADD', z, nows, rid)
+    redis.call('PEXPIRE', z, win_ms)
+    if h then
+      redis.call('HSET', h, rid, amount)
+      redis.call('HINCRBY', h, '_', amount)
+      redis.call('PEXPIRE', h, win_ms)
+    end
+    reset = reset_ms(z)
+  elseif kind == 'concurrent' then
+    redis.call('ZADD', z, lease, rid)
+    redis.call('PEXPIRE', z, lease_ms)
+  end
+  usages[c] = {left, reset}
+end
+local health, claimed = {}, 0
+if probing then
+  claimed = probe(KEYS[ki], nows, cooldown, probes, true)
+else
+  for i = ki, #KEYS do health[#health + 1] = summary(KEYS[i], cur, nb) end
+end
+return {1, usages, health, claimed}
+"""
+
+# KEYS: each op's keys; ARGV: #ops, then kind/rid/a/b per op: tpm -> tokens a ("refund"
+# drops the entry), rpm/concurrent -> drop the entry, spend -> INCRBY a, PEXPIRE b.
+LUA_SETTLE = """
+local ki, ai = 1, 2
+for c = 1, tonumber(ARGV[1]) do
+  local kind, rid, a, b = ARGV[ai], ARGV[ai + 1], ARGV[ai + 2], ARGV[ai + 3]
+  local z = KEYS[ki]
+  ai, ki = ai + 4, ki + 1
+  if kind == 'tpm' then
+    local h = KEYS[ki]
+    ki = ki + 1
+    local cur = redis.call('HGET', h, rid)
+    if cur and a == 'refund' then
+      redis.call('ZREM', z, rid)
+      redis.call('HDEL', h, rid)
+      redis.call('HINCRBY', h, '_', -tonumber(cur))
+    elseif cur then
+      redis.call('HSET', h, rid, a)
+      redis.call('HINCRBY', h, '_', tonumber(a) - tonumber(cur))
+    end
+  elseif kind == 'spend' then
+    redis.call('INCRBY', z, a)
+    redis.call('PEXPIRE', z, b)
+  else
+    redis.call('ZREM', z, rid)
+  end
+end
+return 1
+"""

@@ -142,29 +142,36 @@ def redis_server_factory(redis_binary: str, tmp_path: Path) -> Iterator[type[Red
         s.stop()
 
 
-@pytest.fixture(scope="session")
-def redis_cluster(redis_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
-    """Three primaries, no replicas, joined with `redis-cli --cluster create`."""
-    cli = _need("redis-cli")
-    workdir = tmp_path_factory.mktemp("redis-cluster")
-    nodes = [RedisServer(redis_binary, workdir, cluster=True) for _ in range(3)]
+def start_cluster(redis_server: str, redis_cli: str, workdir: Path, nodes: int = 3) -> list[RedisServer]:
+    """`nodes` primaries, no replicas, joined with `redis-cli --cluster create`; the caller stops them."""
+    servers = [RedisServer(redis_server, workdir, cluster=True) for _ in range(nodes)]
     try:
-        for n in nodes:
+        for n in servers:
             n.start()
-        addrs = [f"127.0.0.1:{n.port}" for n in nodes]
+        addrs = [f"127.0.0.1:{n.port}" for n in servers]
         subprocess.run(
-            [cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+            [redis_cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
             check=True, capture_output=True, timeout=30,
         )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not all(_cluster_ok(n) for n in nodes):
+        while not all(_cluster_ok(n) for n in servers):
             if time.monotonic() > deadline:
                 raise RuntimeError("redis cluster did not reach cluster_state:ok")
             time.sleep(0.05)
-        yield nodes
-    finally:
-        for n in nodes:
+    except BaseException:
+        for n in servers:
             n.stop()
+        raise
+    return servers
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(redis_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """A three-node cluster for the whole session."""
+    nodes = start_cluster(redis_binary, _need("redis-cli"), tmp_path_factory.mktemp("redis-cluster"))
+    yield nodes
+    for n in nodes:
+        n.stop()
 
 
 def _cluster_ok(node: RedisServer) -> bool:

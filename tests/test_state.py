@@ -14,7 +14,7 @@ import random
 import pytest
 
 from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec, Usage, format_reset, ratelimit_headers
-from router.state import SharedState
+from router.state import MemoryState, SharedState, StateSettings, create_state
 from tests.fixtures_redis import Backend
 
 def adm(
@@ -306,3 +306,30 @@ def test_reset_uses_openai_duration_format(seconds: float, text: str) -> None:
 def test_ratelimit_headers_clamp_remaining_at_zero() -> None:
     h = ratelimit_headers(Usage(10, -2, 3), None)
     assert h == {"x-ratelimit-limit-requests": "10", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "3s"}
+
+
+async def test_names_with_braces_and_odd_characters_stay_on_their_own_counters(backend: Backend) -> None:
+    (s,) = await backend.make()
+    lim = LimitSpec(rpm=1)
+    for name in ("team{a}", "team}a{", "team%7Ba%7D", "ключ 🔑"):
+        assert await admitted(s, adm(key=name, key_limits=lim)), name
+        assert not await admitted(s, adm(key=name, key_limits=lim)), name
+
+
+@pytest.mark.parametrize(
+    ("url", "cluster"),
+    [
+        ("redis://127.0.0.1:6379/0", False),
+        ("rediss://cache.internal:6380", False),
+        ("redis-cluster://127.0.0.1:7000", True),
+        ("redis://127.0.0.1:7000?cluster=true", True),
+        ("redis://127.0.0.1:7000?cluster=false", False),
+    ],
+)
+async def test_create_state_picks_the_backend_from_the_url(url: str, cluster: bool) -> None:
+    from router.redis_state import RedisState
+
+    state = create_state(url, StateSettings())
+    assert isinstance(state, RedisState) and state.cluster is cluster
+    await state.close()
+    assert isinstance(create_state(None, StateSettings()), MemoryState)
