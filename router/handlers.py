@@ -57,12 +57,13 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     ex.stream = norm.stream
     if key is not None:
         key.check_models(norm.names)
-    decision = table.rules.decide(norm, ex.key if key is not None else None, request.headers)
+    decision = table.rules.decide(norm, key.name if key is not None else None, request.headers)
     names = decision.names
     if names[0] in table.groups:
         ex.model = names[0]
     ids = target_ids(table, names)
-    # Shared state (limits, budgets) admits the request here, once the key and targets are known.
+    # Shared state admits the request here (key and model limits, budget), once the key and the
+    # targets are known; its admit() also returns the health map used below.
     source = request.app.get(HEALTH)
     health = await source.health(ids) if source is not None else {}
     candidates = plan(table, names, norm, health, decision.strategy)
