@@ -92,7 +92,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except orjson.JSONDecodeError as exc:
         print(f"BODY_JSON is not valid JSON: {exc}", file=sys.stderr)
         return 2
-    print(explain(table, body, args.key, args.endpoint))
+    headers = {k.strip(): v.strip() for k, _, v in (h.partition(":") for h in args.header)}
+    print(explain(table, body, args.key, args.endpoint, headers))
     return 0
 
 
@@ -112,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", default="routes.yaml")
     e.add_argument("--key", default=None, help="client key name the request would come with")
     e.add_argument("--endpoint", choices=["completions", "chat"], default=None)
+    e.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                   help="a request header, for rules that match on headers (repeatable)")
     e.add_argument("body", metavar="BODY_JSON")
     e.set_defaults(func=cmd_explain)
     d = sub.add_parser("demo", help="start local stand-ins of the four vendors and the proxy in front of them")
