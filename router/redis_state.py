@@ -106,7 +106,7 @@ class RedisState:
         self._local = MemoryState(settings, metrics)  # health and probes while Redis is down
         self._up: bool | None = None  # None: not tried yet
         self._reason = "not connected yet"
-        self._backoff, self._retry_at = settings.reconnect_min_s, 0.0
+        self._backoff, self._retry_at, self._up_since = settings.reconnect_min_s, 0.0, 0.0
         self._probe_task: asyncio.Task[None] | None = None
         self._cluster_ready, self._init_lock = False, asyncio.Lock()
         self._rid, self._periods = Rids(), BudgetPeriods()
@@ -175,22 +175,36 @@ class RedisState:
         if self._up is not False:
             mode = "admitting without limits" if self._s.fail_open else "refusing requests (fail closed)"
             log.warning("redis down (%s during %s): %s, health on local state", self._reason, op, mode)
-            self._up, self._backoff = False, self._s.reconnect_min_s
+            # down again soon after coming back (a flapping link, a Cluster still converging):
+            # keep the longer hold-off instead of starting over at the shortest
+            steady = time.monotonic() - self._up_since > self._s.reconnect_max_s
+            self._up, self._backoff = False, self._s.reconnect_min_s if steady else self._backoff
             self._retry_at = time.monotonic() + self._backoff
 
     def _mark_up(self) -> None:
         if self._up is not True:
             if self._up is False:
                 log.warning("redis is back: shared limits and health again")
-            self._up = True
+            self._up, self._up_since = True, time.monotonic()
             if self._metrics is not None:
                 self._metrics.redis_up.set(1)
 
+    async def _ping(self) -> None:
+        """Standalone: PING. Cluster: every primary answers and sees cluster_state:ok (a
+        plain PING reaches one live node while another node's slots are unreachable)."""
+        if not self.cluster:
+            await self._client.ping()
+            return
+        info = await self._client.cluster_info(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+        bad = [node for node, i in info.items() if i.get("cluster_state") != "ok"]
+        if bad:
+            raise RedisClusterException(f"cluster_state not ok on {', '.join(sorted(bad))}")
+
     async def _probe(self) -> None:
-        """One PING after the hold-off (doubling, with jitter); on success replay settles."""
+        """One check after the hold-off (doubling, with jitter); on success replay settles."""
         try:
             async with asyncio.timeout(self._s.redis_timeout_s):
-                await self._client.ping()
+                await self._ping()
         except Exception as e:
             if self._metrics is not None:
                 self._metrics.redis_errors.labels("ping").inc()
@@ -401,7 +415,7 @@ class RedisState:
     async def ready(self) -> tuple[bool, str]:
         if self._available():
             try:
-                await self._call("ping", self._client.ping())
+                await self._call("ping", self._ping())
                 return True, "redis ok"
             except _Unavailable:
                 pass

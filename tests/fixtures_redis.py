@@ -28,7 +28,7 @@ from router.state import MemoryState, SharedState, StateSettings, create_state
 STARTUP_TIMEOUT_S = 10.0
 
 
-def _need(binary: str) -> str:
+def need(binary: str) -> str:
     path = shutil.which(binary)
     if path is None:
         reason = f"{binary} is not installed (apt-get install redis-server); the shared-state tests need a real Redis"
@@ -107,7 +107,7 @@ class RedisServer:
 
 @pytest.fixture(scope="session")
 def redis_binary() -> str:
-    return _need("redis-server")
+    return need("redis-server")
 
 
 @pytest.fixture(scope="session")
@@ -168,7 +168,7 @@ def start_cluster(redis_server: str, redis_cli: str, workdir: Path, nodes: int =
 @pytest.fixture(scope="session")
 def redis_cluster(redis_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
     """A three-node cluster for the whole session."""
-    nodes = start_cluster(redis_binary, _need("redis-cli"), tmp_path_factory.mktemp("redis-cluster"))
+    nodes = start_cluster(redis_binary, need("redis-cli"), tmp_path_factory.mktemp("redis-cluster"))
     yield nodes
     for n in nodes:
         n.stop()
