@@ -86,15 +86,16 @@ def _spec_checks(scope: str, name: str, spec: LimitSpec | None, tokens: int, con
 
 
 def plan_checks(adm: Admission) -> list[Check]:
-    """The checks of one admission, key scope first (the key is what the client owns)."""
+    """The checks of one admission: the key's budgets first (a spent budget is the refusal
+    worth reporting: retrying in a minute will not help), then its rates, then the model's."""
     out: list[Check] = []
     if adm.key is not None:
-        out += _spec_checks("key", adm.key, adm.key_limits, adm.tokens, concurrent=True)
         b = adm.key_budget
         if b is not None and b.daily_usd is not None:
             out.append(Check("key", adm.key, DAILY_USD, to_micro(b.daily_usd), 0))
         if b is not None and b.monthly_usd is not None:
             out.append(Check("key", adm.key, MONTHLY_USD, to_micro(b.monthly_usd), 0))
+        out += _spec_checks("key", adm.key, adm.key_limits, adm.tokens, concurrent=True)
     out += _spec_checks("model", adm.model, adm.model_limits, adm.tokens, concurrent=False)
     return out
 

@@ -28,16 +28,18 @@ from router.limits import (
     TPM,
     WINDOW_S,
     Admission,
+    BudgetPeriods,
     Check,
     LimitExceeded,
     LimitSpec,
     Usage,
-    BudgetPeriods,
     headers_for,
     plan_checks,
     target_checks,
     to_micro,
 )
+
+from router.metrics import CIRCUIT_STATES
 
 if TYPE_CHECKING:
     from router.metrics import Metrics
@@ -80,7 +82,7 @@ class Grant:
     key: str | None = None
     checks: tuple[Check, ...] = ()
     tokens: int = 0  # tokens reserved at admit
-    backend: str = "memory"  # "memory" | "redis" | "none" (admitted without limits: Redis down)
+    backend: str = "memory"  # "memory" | "redis" (failing open: a redis grant with no checks)
     settled: bool = False
 
 
@@ -100,7 +102,14 @@ class TargetGrant:
 
 class SharedState(Protocol):
     """What the proxy core calls. No method raises on a backend failure; only `admit`
-    raises, and only a RouterError (LimitExceeded 429, or 503 when failing closed)."""
+    raises, and only a RouterError (LimitExceeded 429, or 503 when failing closed).
+
+    Per request: `admit` once; before each upstream attempt `reserve_target` (None: over
+    the vendor quota, or the circuit is open / its half-open probes are taken: skip the
+    target); `record` each attempt's outcome; `release_target` for an attempt abandoned
+    for the next target (its request still counts, its tokens settle to what the vendor
+    used, 0 by default); finally `settle` exactly once (repeats are no-ops) with the
+    target that answered, or None."""
 
     async def admit(self, adm: Admission, target_ids: Sequence[str]) -> tuple[Grant, dict[str, TargetHealth]]: ...
     async def reserve_target(self, target_id: str, limits: LimitSpec, tokens: int) -> TargetGrant | None: ...
@@ -131,8 +140,6 @@ def count_rejection(metrics: Metrics | None, check: Check) -> None:
 
 def set_circuit(metrics: Metrics | None, health: dict[str, TargetHealth]) -> None:
     if metrics is not None:
-        from router.metrics import CIRCUIT_STATES
-
         for tid, h in health.items():
             metrics.circuit_state.labels(tid).set(CIRCUIT_STATES[h.state])
 
