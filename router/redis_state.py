@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -85,7 +85,12 @@ def make_client(url: str, s: StateSettings) -> tuple[Redis | RedisCluster, bool]
         "socket_connect_timeout": s.redis_timeout_s,
         "retry": Retry(NoBackoff(), 1),
     }
-    return (RedisCluster.from_url(clean, **kw), True) if cluster else (Redis.from_url(clean, **kw), False)
+    if cluster:
+        return RedisCluster.from_url(clean, max_connections=s.redis_max_connections, **kw), True
+    # a blocking pool: a burst past the pool size waits for a connection (within the
+    # timeout) instead of failing with "Too many connections" and failing open
+    pool = BlockingConnectionPool.from_url(clean, max_connections=s.redis_max_connections, timeout=s.redis_timeout_s, **kw)
+    return Redis.from_pool(pool), False
 
 
 class _Unavailable(Exception):

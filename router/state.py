@@ -69,6 +69,7 @@ class StateSettings(HealthSettings):
     reconnect_min_s: float = 0.5  # first hold-off after Redis fails; doubles up to max
     reconnect_max_s: float = 15.0
     pending_settles: int = 10_000  # settles kept while Redis is down, replayed when it returns
+    redis_max_connections: int = 512  # per node; standalone waits for a free one, Cluster refuses
     key_prefix: str = "router"
     clock: Callable[[], float] | None = None  # wall-clock seconds; None = time.time
 
