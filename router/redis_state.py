@@ -143,7 +143,7 @@ class RedisState:
             async with asyncio.timeout(self._s.redis_timeout_s):
                 if self.cluster and not self._cluster_ready:
                     async with self._init_lock:  # commands racing the first topology load fail
-                        await self._client.initialize()  # type: ignore[union-attr]
+                        await self._client.initialize()
                         self._cluster_ready = True
                 result = await aw
         except (LimitExceeded, _ProbeRefused):
@@ -200,7 +200,8 @@ class RedisState:
         if not self.cluster:
             await self._client.ping()
             return
-        info = await self._client.cluster_info(target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+        cluster: Any = self._client
+        info: dict[str, dict[str, str]] = await cluster.cluster_info(target_nodes=RedisCluster.PRIMARIES)
         bad = [node for node, i in info.items() if i.get("cluster_state") != "ok"]
         if bad:
             raise RedisClusterException(f"cluster_state not ok on {', '.join(sorted(bad))}")
@@ -258,7 +259,7 @@ class RedisState:
             keys += tail_keys if n == len(groups) - 1 else []
             calls.append(self._script("admit", keys, self._admit_args(now, rid, [checks[i] for i in idx], probing)))
         # one call (standalone, or one tag) needs no gather: if it fails it took nothing
-        replies = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls, return_exceptions=True)
+        replies: list[Any] = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls, return_exceptions=True)
         failed = [r for r in replies if isinstance(r, BaseException)]
         refused = [(idx[int(r[1]) - 1] if int(r[1]) else -1, r) for idx, r in zip(groups, replies, strict=True)
                    if not isinstance(r, BaseException) and int(r[0]) == 0]
@@ -281,7 +282,7 @@ class RedisState:
             for i, (left, reset) in zip(idx, r[1], strict=True):
                 if checks[i].kind in (RPM, TPM):
                     usages[i] = Usage(checks[i].limit, int(left), int(reset) / 1000)
-        last = replies[-1] if replies else [1, [], [], 0]
+        last: Any = replies[-1] if replies else [1, [], [], 0]
         return usages, list(last[2]), int(last[3]) == 2
 
     async def _summaries(self, target_ids: Sequence[str], now: float) -> list[list[Any]]:
@@ -306,7 +307,7 @@ class RedisState:
         for r in (done, summaries):
             if isinstance(r, BaseException):
                 raise r
-        return done[0], summaries  # type: ignore[index,return-value]
+        return done[0], summaries
 
     # ---- the SharedState interface ----------------------------------------------------
     async def admit(self, adm: Admission, target_ids: Sequence[str]) -> tuple[Grant, dict[str, TargetHealth]]:

@@ -8,9 +8,11 @@ milliseconds, not seconds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -22,7 +24,7 @@ from tests.fixtures_redis import RedisServer
 
 T = "openai:gpt-x"
 OPS = ("admit", "reserve_target", "settle", "record", "health", "ping")
-QUICK = dict(redis_timeout_s=0.1, reconnect_min_s=0.05, reconnect_max_s=0.2)
+QUICK: dict[str, Any] = dict(redis_timeout_s=0.1, reconnect_min_s=0.05, reconnect_max_s=0.2)
 
 
 def adm(rpm: int | None = 5, concurrent: int | None = None, budget: BudgetSpec | None = None) -> Admission:
@@ -137,7 +139,7 @@ async def test_redis_stopped_and_restarted_under_load(redis_server_factory, stat
     assert admitted > down_at  # still serving, on local state
     await asyncio.to_thread(server.start)
     for s in replicas:
-        await until(lambda s=s: recovered(s))
+        await until(functools.partial(recovered, s))
     await asyncio.sleep(0.1)
     stop.set()
     await asyncio.gather(*tasks)

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -86,12 +87,13 @@ def main() -> None:
                     backends.append(("redis cluster (3)", f"redis-cluster://127.0.0.1:{nodes[0].port}"))
             else:
                 print("redis-server not found: memory only", file=sys.stderr)
+            runner: Any = asyncio.run
             try:
                 import uvloop
 
                 runner = uvloop.run
             except ImportError:
-                runner = asyncio.run
+                pass
             print(f"{args.requests} requests each = admit + reserve_target + settle + record\n")
             print(f"{'backend':<18} {'workers':>7} {'req/s':>9} {'µs/req':>8} {'p50 µs':>8} {'p99 µs':>8}")
             for name, url in backends:
