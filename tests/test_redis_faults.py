@@ -240,3 +240,15 @@ async def test_a_cluster_node_lost_and_back(redis_binary: str, tmp_path) -> None
         await state.close()
         for n in nodes:
             n.stop()
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("1", pytest.fail.Exception), (None, pytest.skip.Exception)])
+def test_a_missing_redis_server_fails_in_ci_and_skips_locally(monkeypatch, ci, outcome) -> None:  # type: ignore[no-untyped-def]
+    from tests.fixtures_redis import need
+
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="not installed"):
+        need("redis-server-that-does-not-exist")
