@@ -9,12 +9,13 @@ import aiohttp
 from aiohttp import web
 
 from router.edge import METRICS, edge, stamp_headers
-from router.handlers import PROXY, ROUTES, add_routes
+from router.handlers import PROXY, ROUTES, STATE, add_routes
 from router.metrics import Metrics
 from router.proxy import Proxy
 from router.reload import Routes, install_sighup
 from router.routes import RouteTable, load
 from router.settings import ServeSettings
+from router.state import StateSettings, create_state
 
 SETTINGS = web.AppKey("settings", ServeSettings)
 # aiohttp reads the whole body before a handler runs; the routes table's own (reloadable)
@@ -35,6 +36,7 @@ def create_app(settings: ServeSettings, table: RouteTable | None = None, *,
     add_routes(app)
     app.router.add_get("/metrics", metrics_handler)
     app.on_response_prepare.append(stamp_headers)
+    app.cleanup_ctx.append(_shared_state)
     app.cleanup_ctx.append(_client_session)
     if watch:
         app.cleanup_ctx.append(_reloader)
@@ -45,13 +47,23 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")
 
 
+async def _shared_state(app: web.Application) -> AsyncIterator[None]:
+    """Limits and health: Redis when REDIS_URL is set, else this process alone."""
+    settings = app[SETTINGS]
+    state = create_state(settings.redis_url, StateSettings(fail_open=settings.fail_open), app[METRICS])
+    app[STATE] = state
+    yield
+    await state.close()
+
+
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     """One pooled session for every upstream call; per-attempt timeouts are set by the proxy."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10),
                                     auto_decompress=True, raise_for_status=False, skip_auto_headers=("User-Agent",))
-    app[PROXY] = Proxy(session, app[METRICS])
+    proxy = app[PROXY] = Proxy(session, app[METRICS], app[STATE])
     yield
+    await proxy.background.drain(5.0)
     await session.close()
 
 

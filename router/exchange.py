@@ -15,6 +15,7 @@ from aiohttp import web
 
 from router.metrics import ANONYMOUS, UNKNOWN
 from router.routes import Price
+from router.state import TargetGrant
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
@@ -48,6 +49,9 @@ class Exchange:
     cost_usd: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)   # extra response headers (rate limits)
     price: Price | None = None    # of the target that served
+    served: bool = False          # an upstream answer (or a stream's first event) arrived
+    healthy: list[tuple[str, float]] = field(default_factory=list)   # (target id, latency) of good attempts
+    target_grant: TargetGrant | None = None
 
     def cost(self) -> float:
         """USD from the serving target's price table (per million tokens) and the reported usage."""

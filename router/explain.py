@@ -17,7 +17,8 @@ from router.candidates import Candidate, plan
 from router.errors import RouterError
 from router.keys import ClientKey
 from router.normalize import Normalized, normalize
-from router.routes import Budget, Limits, ModelGroup, Retry, RouteTable
+from router.limits import BudgetSpec, LimitSpec
+from router.routes import ModelGroup, Retry, RouteTable
 from router.schema import Endpoint
 from router.strategies import estimated_cost
 
@@ -141,13 +142,13 @@ def _target(c: Candidate, norm: Normalized) -> str:
     return out
 
 
-def _limits(limits: Limits) -> str:
+def _limits(limits: LimitSpec) -> str:
     parts = [f"{k}={v}" for k, v in (("rpm", limits.rpm), ("tpm", limits.tpm),
                                       ("concurrent", limits.concurrent)) if v is not None]
     return " ".join(parts) or "none"
 
 
-def _budget(budget: Budget) -> str:
+def _budget(budget: BudgetSpec) -> str:
     parts = [f"{k} ${v:g}" for k, v in (("daily", budget.daily_usd), ("monthly", budget.monthly_usd))
              if v is not None]
     return " ".join(parts) or "none"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import Protocol
 
 import orjson
 from aiohttp import web
@@ -13,23 +11,18 @@ from router.candidates import plan, target_ids
 from router.errors import RouterError
 from router.exchange import EXCHANGE
 from router.keys import ClientKey
+from router.limits import Admission
 from router.normalize import normalize
 from router.proxy import Proxy
 from router.reload import Routes
 from router.routes import RouteTable
 from router.schema import Endpoint
-from router.strategies import Health
-
-
-class HealthSource(Protocol):
-    """Where target health comes from (state.SharedState has this method)."""
-
-    async def health(self, target_ids: Sequence[str]) -> Mapping[str, Health]: ...
+from router.state import SharedState
 
 
 ROUTES = web.AppKey("routes", Routes)
 PROXY = web.AppKey("proxy", Proxy)
-HEALTH = web.AppKey("health", HealthSource)   # optional: without it every target is "unknown"
+STATE = web.AppKey("state", SharedState)
 STARTED = int(time.time())
 
 
@@ -62,12 +55,18 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     if names[0] in table.groups:
         ex.model = names[0]
     ids = target_ids(table, names)
-    # Shared state admits the request here (key and model limits, budget), once the key and the
-    # targets are known; its admit() also returns the health map used below.
-    source = request.app.get(HEALTH)
-    health = await source.health(ids) if source is not None else {}
-    candidates = plan(table, names, norm, health, decision.strategy)
-    return await request.app[PROXY].serve(request, ex, norm, candidates)
+    group = table.groups[names[0]]
+    tokens = norm.prompt_tokens + (norm.max_tokens or table.settings.default_max_tokens)
+    admission = Admission(key.name if key else None, key.limits if key else None, key.budget if key else None,
+                          group.name, group.limits, tokens)
+    proxy = request.app[PROXY]
+    grant, health = await request.app[STATE].admit(admission, ids)
+    ex.headers = grant.headers
+    try:
+        candidates = plan(table, names, norm, health, decision.strategy)
+        return await proxy.serve(request, ex, norm, candidates, health, tokens)
+    finally:
+        proxy.settle(ex, grant)
 
 
 def _too_large(limit: int) -> RouterError:
@@ -97,11 +96,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """Ready while a routes table is loaded and shared state can admit requests; a Redis
+    outage with limits failing open is reported but still ready (the proxy serves)."""
     routes = request.app[ROUTES]
-    checks = {"config": f"generation {routes.table.generation} loaded"}
+    ok, state = await request.app[STATE].ready()
+    checks = {"config": f"generation {routes.table.generation} loaded", "state": state}
     if routes.last_error:
         checks["config_reload"] = "last reload refused: " + routes.last_error.splitlines()[0]
-    return web.json_response({"status": "ready", "checks": checks})
+    return web.json_response({"status": "ready" if ok else "not ready", "checks": checks},
+                             status=200 if ok else 503)
 
 
 def add_routes(app: web.Application) -> None:

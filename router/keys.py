@@ -13,18 +13,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from router.errors import AUTHENTICATION, PERMISSION, RouterError
+from router.limits import BudgetSpec, LimitSpec, budget_spec, limit_spec
 from router.rules import Glob
 
 if TYPE_CHECKING:
-    from router.routes import Budget, KeyConfig, Limits
+    from router.routes import KeyConfig
 
 
 @dataclass(frozen=True, slots=True)
 class ClientKey:
     name: str
     models: Glob | None          # allow-list of public model names; None: every model
-    limits: Limits | None
-    budget: Budget | None
+    limits: LimitSpec | None
+    budget: BudgetSpec | None
 
     def allows(self, model: str) -> bool:
         return self.models is None or self.models(model)
@@ -84,7 +85,8 @@ def build_keyring(keys: Mapping[str, KeyConfig], environ: Mapping[str, str]
     defined: dict[str, ClientKey] = {}
     owner: dict[bytes, str] = {}
     for name, k in keys.items():
-        key = ClientKey(name, Glob(k.models) if k.models is not None else None, k.limits, k.budget)
+        key = ClientKey(name, Glob(k.models) if k.models is not None else None, limit_spec(k.limits),
+                        budget_spec(k.budget))
         defined[name] = key
         if k.key_env is not None:
             secret = environ.get(k.key_env)

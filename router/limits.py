@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from router.errors import RATE_LIMIT, SERVER, RouterError
 
@@ -36,6 +37,26 @@ class BudgetSpec:
 
     daily_usd: float | None = None
     monthly_usd: float | None = None
+
+
+class _LimitsLike(Protocol):
+    rpm: int | None
+    tpm: int | None
+    concurrent: int | None
+
+
+class _BudgetLike(Protocol):
+    daily_usd: float | None
+    monthly_usd: float | None
+
+
+def limit_spec(cfg: _LimitsLike | None) -> LimitSpec | None:
+    """routes.yaml's `limits:` as the state layer takes it (converted once, at load)."""
+    return LimitSpec(cfg.rpm, cfg.tpm, cfg.concurrent) if cfg is not None else None
+
+
+def budget_spec(cfg: _BudgetLike | None) -> BudgetSpec | None:
+    return BudgetSpec(cfg.daily_usd, cfg.monthly_usd) if cfg is not None else None
 
 
 @dataclass(frozen=True)

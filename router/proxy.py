@@ -10,75 +10,140 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
+
 import aiohttp
 import orjson
 from aiohttp import web
 from tenacity import RetryCallState
 
 from providers.base import Action, UpstreamError, Unsupported, bad_upstream_body, transport_error
+from router.background import Background
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
+from router.health import CLOSED, TargetHealth
+from router.limits import LimitSpec
 from router.metrics import Metrics
 from router.normalize import Normalized
 from router.retry import retrying
 from router.routes import Target
+from router.state import Grant, SharedState, TargetGrant
 from router.streaming import relay_stream
+
+
+NO_LIMITS = LimitSpec()
+# Attempt outcomes that count against a target's health; a client's own error or a model
+# the vendor does not carry says nothing about whether the vendor is up.
+UNHEALTHY = frozenset({"timeout", "connect", "server_error", "rate_limited", "upstream_auth", "bad_response"})
 
 
 class Proxy:
     """Sends one normalized request to its candidates; shared by every request of an app."""
 
-    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, state: SharedState) -> None:
         self.session = session
         self.metrics = metrics
+        self.state = state
+        self.background = Background()
 
-    async def serve(self, request: web.Request, ex: Exchange, norm: Normalized,
-                    candidates: list[Candidate]) -> web.StreamResponse:
+    async def serve(self, request: web.Request, ex: Exchange, norm: Normalized, candidates: list[Candidate],
+                    health: Mapping[str, TargetHealth] | None = None, tokens: int = 0) -> web.StreamResponse:
         first = candidates[0].group
         deadline = time.monotonic() + first.deadline_s
         cap = first.max_attempts
         last: RouterError | None = None
-        for i, cand in enumerate(candidates):
-            if ex.attempts >= cap or time.monotonic() >= deadline:
-                break
-            target = cand.target
-            ex.model, ex.provider, ex.vendor_model = cand.public, target.provider, target.model
-            ex.price = target.price
-            more = i + 1 < len(candidates)
-            try:
-                body = target.adapter.build_body(norm.endpoint, norm.body, target.model, want_usage=True)
-            except Unsupported as exc:
-                last = exc
-                self._leave(ex, target, "unsupported", more)
-                continue
-            payload = orjson.dumps(body)
-            try:
-                # Fast path: most first attempts succeed, so the retry machinery is only
-                # built once one has failed with something worth retrying.
+        # Targets whose circuit kept them out; tried as a last resort before failing outright.
+        last_resort: list[Candidate] = []
+        queue = candidates
+        for round_ in (0, 1):
+            for i, cand in enumerate(queue):
+                if ex.attempts >= cap or time.monotonic() >= deadline:
+                    break
+                target = cand.target
+                more = i + 1 < len(queue) or (round_ == 0 and bool(last_resort))
+                grant: TargetGrant | None = None
+                h = health.get(target.id) if health and round_ == 0 else None
+                if round_ == 0 and (target.limits is not None or (h is not None and h.state != CLOSED)):
+                    grant = await self.state.reserve_target(target.id, target.limits or NO_LIMITS, tokens)
+                    if grant is None:
+                        if target.limits is None:
+                            last_resort.append(cand)
+                        self._leave(ex, target, "unavailable", more)
+                        continue
                 try:
-                    return await self._attempt(request, ex, norm, cand, payload, deadline)
+                    response = await self._try_target(request, ex, norm, cand, deadline, cap)
                 except UpstreamError as exc:
-                    if exc.action is not Action.RETRY:
-                        raise
-                    failed: UpstreamError | None = exc
-                async for attempt in retrying(cand.group.retry, deadline, lambda: ex.attempts < cap,
-                                              self._on_retry(ex, target)):
-                    with attempt:
-                        if failed is not None:
-                            # Replay the first failure so the policy counts and waits for it.
-                            exc, failed = failed, None
-                            raise exc
-                        return await self._attempt(request, ex, norm, cand, payload, deadline)
-            except UpstreamError as exc:
-                if exc.action is Action.RETURN:
-                    raise exc.error from None
-                last = exc.error
-                self._leave(ex, target, exc.reason, more)
+                    if grant is not None:
+                        self.background.spawn(self.state.release_target(grant))
+                    if exc.action is Action.RETURN:
+                        raise exc.error from None
+                    last = exc.error
+                    self._leave(ex, target, exc.reason, more)
+                    continue
+                except Unsupported as exc:
+                    if grant is not None:
+                        self.background.spawn(self.state.release_target(grant))
+                    last = exc
+                    self._leave(ex, target, "unsupported", more)
+                    continue
+                except BaseException:
+                    if grant is not None:
+                        self.background.spawn(self.state.release_target(grant))
+                    raise
+                ex.target_grant = grant
+                return response
+            if not last_resort:
+                break
+            queue, last_resort = last_resort, []
         if last is None:
-            last = RouterError(504, "The request's deadline passed before any provider could answer",
-                               type=UPSTREAM, code="deadline_exceeded")
+            if ex.attempts == 0 and ex.fallbacks:
+                last = RouterError(503, "Every provider for this model is over its quota or failing; "
+                                   "retry shortly", type=UPSTREAM, code="no_provider_available",
+                                   headers={"Retry-After": "1"})
+            else:
+                last = RouterError(504, "The request's deadline passed before any provider could answer",
+                                   type=UPSTREAM, code="deadline_exceeded")
         raise last
+
+    async def _try_target(self, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
+                          deadline: float, cap: int) -> web.StreamResponse:
+        """One target under the retry policy; raises UpstreamError when it cannot serve."""
+        target = cand.target
+        ex.model, ex.provider, ex.vendor_model = cand.public, target.provider, target.model
+        ex.price = target.price
+        payload = orjson.dumps(target.adapter.build_body(norm.endpoint, norm.body, target.model, want_usage=True))
+        # Fast path: most first attempts succeed, so the retry machinery is only built
+        # once one has failed with something worth retrying.
+        try:
+            return await self._attempt(request, ex, norm, cand, payload, deadline)
+        except UpstreamError as exc:
+            if exc.action is not Action.RETRY:
+                raise
+            failed: UpstreamError | None = exc
+        async for attempt in retrying(cand.group.retry, deadline, lambda: ex.attempts < cap,
+                                      self._on_retry(ex, target)):
+            with attempt:
+                if failed is not None:
+                    # Replay the first failure so the policy counts and waits for it.
+                    exc, failed = failed, None
+                    raise exc
+                return await self._attempt(request, ex, norm, cand, payload, deadline)
+        raise AssertionError("unreachable: tenacity reraises the last failure")
+
+    def settle(self, ex: Exchange, grant: Grant) -> None:
+        """After the answer (a stream's end, or its breaking off): charge real usage, free the
+        concurrency slot, record healthy attempts. Off the client's time."""
+        if ex.prompt_tokens or ex.completion_tokens:
+            actual: int | None = ex.prompt_tokens + ex.completion_tokens
+        else:
+            actual = None if ex.served else 0   # served without usage: keep the reservation
+        self.background.spawn(self._settle(ex, grant, actual, ex.cost()))
+
+    async def _settle(self, ex: Exchange, grant: Grant, actual: int | None, cost: float) -> None:
+        for target_id, latency in ex.healthy:
+            await self.state.record(target_id, True, latency)
+        await self.state.settle(grant, ex.target_grant, actual, cost)
 
     def _leave(self, ex: Exchange, target: Target, reason: str, more: bool) -> None:
         ex.fallbacks.append(f"{target.provider}:{reason}")
@@ -156,4 +221,9 @@ class Proxy:
         ex.upstream_s += elapsed
         self.metrics.attempts.labels(target.provider, outcome).inc()
         self.metrics.upstream_duration.labels(target.provider, outcome).observe(elapsed)
+        if outcome == "ok":
+            ex.served = True
+            ex.healthy.append((target.id, elapsed))   # recorded when the request settles
+        elif outcome in UNHEALTHY:
+            self.background.spawn(self.state.record(target.id, False, None))
 

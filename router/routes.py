@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from providers import REGISTRY, Adapter, ProviderSettings
 from router.keys import KeyRing, build_keyring
+from router.limits import LimitSpec, limit_spec
 from router.rules import RuleSet, check_rules, compile_rules
 from router.strategies import strategy_problems
 
@@ -218,7 +219,7 @@ class Target:
     adapter: Adapter
     weight: float
     price: Price | None
-    limits: Limits | None
+    limits: LimitSpec | None
     timeout_s: float
     connect_timeout_s: float
 
@@ -228,7 +229,7 @@ class ModelGroup:
     name: str
     targets: tuple[Target, ...]
     strategy: str
-    limits: Limits | None
+    limits: LimitSpec | None
     deadline_s: float
     max_attempts: int
     retry: Retry
@@ -305,9 +306,9 @@ def parse(data: Any, source: str = "routes.yaml", environ: dict[str, str] | None
                 continue
             p = cfg.providers[t.provider]
             targets.append(Target(f"{t.provider}/{t.model}", t.provider, t.model, adapters[t.provider],
-                                  t.weight, t.price, t.limits, p.timeout_s, p.connect_timeout_s))
+                                  t.weight, t.price, limit_spec(t.limits), p.timeout_s, p.connect_timeout_s))
         problems += strategy_problems(f"models.{mname}.strategy", m.strategy, [m])
-        groups[mname] = ModelGroup(mname, tuple(targets), m.strategy, m.limits, m.deadline_s or s.deadline_s,
+        groups[mname] = ModelGroup(mname, tuple(targets), m.strategy, limit_spec(m.limits), m.deadline_s or s.deadline_s,
                                    m.max_attempts or s.max_attempts, m.retry or s.retry)
     keys = None
     if cfg.keys is None:

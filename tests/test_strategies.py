@@ -14,7 +14,7 @@ from aiohttp import web
 
 from router.app import create_app
 from router.candidates import plan
-from router.handlers import HEALTH
+from router.handlers import STATE
 from router.normalize import normalize
 from router.routes import parse
 from router.settings import ServeSettings
@@ -160,33 +160,23 @@ def test_registry_names_the_four_strategies():
 # --- over the wire: the proxy orders by the health it is given ---------------------------------
 
 
-class Source:
-    """A health source as state.SharedState would be, with a fixed answer."""
-
-    def __init__(self, health: dict[str, H]) -> None:
-        self.health_map = health
-        self.asked: list[list[str]] = []
-
-    async def health(self, target_ids: Sequence[str]) -> dict[str, H]:
-        self.asked.append(list(target_ids))
-        return {i: h for i, h in self.health_map.items() if i in target_ids}
-
-
 @pytest.fixture
 async def serve(vendors, monkeypatch):
+    """The proxy with its real in-process shared state, fed the given attempt outcomes first."""
     runners: list[web.AppRunner] = []
 
-    async def start(models: dict[str, Any], source: Source) -> str:
+    async def start(models: dict[str, Any], outcomes: list[tuple[str, bool, float | None]]) -> str:
         for v in vendors:
             monkeypatch.setenv(key_env(v.kind), v.api_key)
         tab = parse({"providers": providers_for([vendors.cogito, vendors.nebius]), "models": models})
         app = create_app(ServeSettings(), tab, watch=False)
-        app[HEALTH] = source
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         runners.append(runner)
+        for target_id, ok, latency in outcomes:
+            await app[STATE].record(target_id, ok, latency)
         return f"http://127.0.0.1:{runner.addresses[0][1]}"
 
     yield start
@@ -194,20 +184,19 @@ async def serve(vendors, monkeypatch):
         await r.cleanup()
 
 
+FAIL = [("cogito/m-1", False, None)] * 5   # the default failure threshold opens the circuit
 WIRE = [
-    ("fallback", {}, "cogito"),
-    ("fallback", {"cogito/m-1": H(state="open")}, "nebius"),
-    ("latency", {"cogito/m-1": H(latency_ewma=0.8), "nebius/m-1": H(latency_ewma=0.1)}, "nebius"),
-    ("latency", {"cogito/m-1": H(latency_ewma=0.1), "nebius/m-1": H(latency_ewma=0.8)}, "cogito"),
+    ("fallback", [], "cogito"),
+    ("fallback", FAIL, "nebius"),
+    ("latency", [("cogito/m-1", True, 0.8), ("nebius/m-1", True, 0.1)], "nebius"),
+    ("latency", [("cogito/m-1", True, 0.1), ("nebius/m-1", True, 0.8)], "cogito"),
 ]
 
 
-@pytest.mark.parametrize("strategy,health,served_by", WIRE)
-async def test_proxy_sends_to_the_target_its_strategy_and_health_put_first(serve, strategy, health, served_by):
-    source = Source(health)
-    url = await serve({"g": group(strategy, [t("cogito", "m-1"), t("nebius", "m-1")])}, source)
+@pytest.mark.parametrize("strategy,outcomes,served_by", WIRE)
+async def test_proxy_sends_to_the_target_its_strategy_and_health_put_first(serve, strategy, outcomes, served_by):
+    url = await serve({"g": group(strategy, [t("cogito", "m-1"), t("nebius", "m-1")])}, outcomes)
     async with aiohttp.ClientSession() as s:
         async with s.post(url + "/v1/completions", json={"model": "g", "prompt": "hi"}) as r:
             assert r.status == 200, await r.text()
             assert (r.headers["x-router-provider"], r.headers["x-router-attempts"]) == (served_by, "1")
-    assert source.asked == [["cogito/m-1", "nebius/m-1"]]
