@@ -66,7 +66,7 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
         candidates = plan(table, names, norm, health, decision.strategy)
         return await proxy.serve(request, ex, norm, candidates, health, tokens)
     finally:
-        proxy.settle(ex, grant)
+        await proxy.settle(ex, grant)
 
 
 def _too_large(limit: int) -> RouterError:

@@ -130,9 +130,16 @@ class Metrics:
             registry=r,
         )
 
+        self._circuit_seen: dict[str, str] = {}
         # Series an alert watches with increase() must exist at 0 before their first event.
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
+
+    def set_circuit(self, target: str, state: str) -> None:
+        """Circuit state as this replica last saw it; the gauge is touched only on change."""
+        if self._circuit_seen.get(target) != state:
+            self._circuit_seen[target] = state
+            self.circuit_state.labels(target).set(CIRCUIT_STATES[state])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -131,14 +131,18 @@ class Proxy:
                 return await self._attempt(request, ex, norm, cand, payload, deadline)
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
-    def settle(self, ex: Exchange, grant: Grant) -> None:
+    async def settle(self, ex: Exchange, grant: Grant) -> None:
         """After the answer (a stream's end, or its breaking off): charge real usage, free the
-        concurrency slot, record healthy attempts. Off the client's time."""
+        concurrency slot, record healthy attempts. Off the client's time when it means I/O."""
         if ex.prompt_tokens or ex.completion_tokens:
             actual: int | None = ex.prompt_tokens + ex.completion_tokens
         else:
             actual = None if ex.served else 0   # served without usage: keep the reservation
-        self.background.spawn(self._settle(ex, grant, actual, ex.cost()))
+        work = self._settle(ex, grant, actual, ex.cost())
+        if self.state.local:
+            await work
+        else:
+            self.background.spawn(work)
 
     async def _settle(self, ex: Exchange, grant: Grant, actual: int | None, cost: float) -> None:
         for target_id, latency in ex.healthy:

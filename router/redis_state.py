@@ -104,6 +104,8 @@ class _ProbeRefused(Exception):
 class RedisState:
     """SharedState on Redis for a fleet of replicas (see the module docstring)."""
 
+    local = False
+
     def __init__(self, url: str, settings: StateSettings, metrics: Metrics | None = None) -> None:
         self._s, self._metrics = settings, metrics
         self._clock = settings.clock or time.time

@@ -39,7 +39,6 @@ from router.limits import (
     to_micro,
 )
 
-from router.metrics import CIRCUIT_STATES
 
 if TYPE_CHECKING:
     from router.metrics import Metrics
@@ -102,6 +101,8 @@ class TargetGrant:
 
 
 class SharedState(Protocol):
+    local: bool  # True when every call is in-process (no I/O): the proxy then awaits settle inline
+
     """What the proxy core calls. No method raises on a backend failure; only `admit`
     raises, and only a RouterError (LimitExceeded 429, or 503 when failing closed).
 
@@ -142,7 +143,7 @@ def count_rejection(metrics: Metrics | None, check: Check) -> None:
 def set_circuit(metrics: Metrics | None, health: dict[str, TargetHealth]) -> None:
     if metrics is not None:
         for tid, h in health.items():
-            metrics.circuit_state.labels(tid).set(CIRCUIT_STATES[h.state])
+            metrics.set_circuit(tid, h.state)
 
 
 def log_transition(target_id: str, before: str, after: str) -> None:
@@ -184,6 +185,8 @@ class _Log:
 class MemoryState:
     """In-process state for a single replica, and Redis's stand-in while it is down.
     Every method runs without awaiting, so each check-and-charge is atomic on the loop."""
+
+    local = True
 
     def __init__(self, settings: StateSettings | None = None, metrics: Metrics | None = None) -> None:
         self._s = settings or StateSettings()
