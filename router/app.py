@@ -14,10 +14,9 @@ from router.metrics import Metrics
 from router.proxy import Proxy
 from router.reload import Routes, install_sighup
 from router.routes import RouteTable, load
-from router.settings import ServeSettings
+from router.settings import SETTINGS, ServeSettings
 from router.state import StateSettings, create_state
 
-SETTINGS = web.AppKey("settings", ServeSettings)
 # aiohttp reads the whole body before a handler runs; the routes table's own (reloadable)
 # max_body_bytes is enforced in the handler, this only bounds the worst case.
 HARD_BODY_CAP = 64 * 1024 * 1024

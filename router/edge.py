@@ -104,7 +104,7 @@ def record(metrics: Metrics, ex: Exchange) -> None:
     if cost:
         metrics.spend.labels(ex.key, ex.model, provider).inc(cost)
     if access.isEnabledFor(logging.INFO):
-        access.info(orjson.dumps({
+        line = {
             "ts": round(time.time(), 3), "request_id": ex.request_id, "key": ex.key,
             "endpoint": ex.endpoint, "stream": ex.stream, "model": ex.model, "provider": ex.provider or None,
             "vendor_model": ex.vendor_model or None, "attempts": ex.attempts, "fallbacks": ex.fallbacks,
@@ -112,4 +112,7 @@ def record(metrics: Metrics, ex: Exchange) -> None:
             "ttft_ms": round(ex.ttft_s * 1000, 2) if ex.ttft_s is not None else None,
             "prompt_tokens": ex.prompt_tokens, "completion_tokens": ex.completion_tokens,
             "cached_tokens": ex.cached_tokens, "cost_usd": round(cost, 8),
-        }).decode())
+        }
+        if ex.prompt is not None:
+            line["prompt"] = ex.prompt
+        access.info(orjson.dumps(line).decode())

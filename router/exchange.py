@@ -10,6 +10,7 @@ import re
 import time
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -52,6 +53,7 @@ class Exchange:
     served: bool = False          # an upstream answer (or a stream's first event) arrived
     healthy: list[tuple[str, float]] = field(default_factory=list)   # (target id, latency) of good attempts
     target_grant: TargetGrant | None = None
+    prompt: Any = None            # only with ROUTER_LOG_PROMPTS (debugging): logged, never counted
 
     def cost(self) -> float:
         """USD from the serving target's price table (per million tokens) and the reported usage."""

@@ -17,6 +17,7 @@ from router.proxy import Proxy
 from router.reload import Routes
 from router.routes import RouteTable
 from router.schema import Endpoint
+from router.settings import SETTINGS
 from router.state import SharedState
 
 
@@ -48,6 +49,8 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
         raise _too_large(limit)
     norm = normalize(endpoint, raw)
     ex.stream = norm.stream
+    if request.app[SETTINGS].log_prompts:
+        ex.prompt = norm.body.get("messages", norm.body.get("prompt"))
     if key is not None:
         key.check_models(norm.names)
     decision = table.rules.decide(norm, key.name if key is not None else None, request.headers)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from aiohttp import web
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -28,3 +30,6 @@ class ServeSettings:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+SETTINGS = web.AppKey("settings", ServeSettings)

@@ -92,3 +92,16 @@ async def test_unknown_model_is_one_bounded_label(proxy):
     text = proxy.app[METRICS].render().decode()
     assert "typo-" not in text
     assert 'model="unknown"' in text
+
+
+async def test_prompts_are_logged_only_when_the_debug_option_asks(vendors, start_proxy, caplog):
+    from router.settings import ServeSettings
+    doc = {"providers": providers_for(vendors), "models": {"m": {"targets": [{"provider": "nebius", "model": "m"}]}}}
+    for log_prompts in (False, True):
+        proxy = await start_proxy(doc, vendors=vendors, settings=ServeSettings(log_prompts=log_prompts))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="router.access"):
+            await proxy.client().completions.create(model="m", prompt="tell nobody")
+        line = orjson.loads(next(r.getMessage() for r in caplog.records if r.name == "router.access"))
+        assert ("prompt" in line) is log_prompts
+        assert ("tell nobody" in caplog.text) is log_prompts
