@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from router.app import create_app
-from router.routes import ConfigError, load
+from router.routes import ConfigError, RouteTable, load
 from router.settings import ServeSettings
 
 log = logging.getLogger("router")
@@ -39,12 +39,19 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    settings = ServeSettings.from_env(config_path=args.config, host=args.host, port=args.port)
+def _load(path: str) -> RouteTable | None:
+    """The routes table, or None after printing every problem with its path."""
     try:
-        table = load(settings.config_path)
+        return load(path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        return None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = ServeSettings.from_env(config_path=args.config, host=args.host, port=args.port)
+    table = _load(settings.config_path)
+    if table is None:
         return 2
     _setup_logging(args.log_level)
     app = create_app(settings, table, watch=True)
@@ -56,10 +63,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    try:
-        table = load(args.path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    table = _load(args.path)
+    if table is None:
         return 1
     for w in table.warnings:
         print(f"{args.path}: warning: {w}", file=sys.stderr)
@@ -82,10 +87,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from router.explain import explain
 
-    try:
-        table = load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    table = _load(args.config)
+    if table is None:
         return 1
     try:
         body = orjson.loads(args.body)
