@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -11,7 +12,8 @@ from pydantic import ValidationError
 from router.errors import bad_request
 from router.schema import ChatRequest, CompletionRequest, Endpoint
 
-_MODELS = {Endpoint.COMPLETIONS: CompletionRequest, Endpoint.CHAT: ChatRequest}
+_MODELS: dict[str, type[CompletionRequest] | type[ChatRequest]] = {
+    Endpoint.COMPLETIONS: CompletionRequest, Endpoint.CHAT: ChatRequest}
 _REQUIRED = {Endpoint.COMPLETIONS: "prompt", Endpoint.CHAT: "messages"}
 
 
@@ -119,7 +121,7 @@ def _is_type_tag(part: object) -> bool:
     )
 
 
-def _format_loc(parts: list[object]) -> str:
+def _format_loc(parts: Sequence[object]) -> str:
     out = ""
     for p in parts:
         if isinstance(p, int):

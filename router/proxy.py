@@ -126,8 +126,8 @@ class Proxy:
             with attempt:
                 if failed is not None:
                     # Replay the first failure so the policy counts and waits for it.
-                    exc, failed = failed, None
-                    raise exc
+                    replay, failed = failed, None
+                    raise replay
                 return await self._attempt(request, ex, norm, cand, payload, deadline)
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
@@ -201,9 +201,9 @@ class Proxy:
                 raw = await resp.read()
                 data = orjson.loads(raw)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                err = transport_error(target.provider, exc)
-                outcome = err.reason
-                raise err from None
+                broken = transport_error(target.provider, exc)
+                outcome = broken.reason
+                raise broken from None
             except orjson.JSONDecodeError:
                 outcome = "bad_response"
                 raise bad_upstream_body(target.provider, "a body that is not JSON") from None

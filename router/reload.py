@@ -86,4 +86,8 @@ def install_sighup(loop: asyncio.AbstractEventLoop, routes: Routes) -> Callable[
         loop.add_signal_handler(signal.SIGHUP, routes.reload)
     except (NotImplementedError, RuntimeError, ValueError):
         return lambda: None
-    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    return undo

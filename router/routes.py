@@ -259,7 +259,7 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown key (check its spelling and indentation)"
     if err["type"] == "missing":

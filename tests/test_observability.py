@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import openai
 import orjson
 import pytest
 
@@ -86,7 +87,7 @@ async def test_access_log_line_of_a_request_that_fell_over(proxy, vendors, caplo
 
 async def test_unknown_model_is_one_bounded_label(proxy):
     for name in ("typo-1", "typo-2", "typo-3"):
-        with pytest.raises(Exception):
+        with pytest.raises(openai.NotFoundError):
             await proxy.client().completions.create(model=name, prompt="x")
     from router.edge import METRICS
     text = proxy.app[METRICS].render().decode()

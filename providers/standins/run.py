@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from providers.standins import StandinControl, base_path, create_standin_app
 
@@ -36,7 +37,7 @@ async def start_standin(
     api_key: str | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
-    middlewares: Iterable[web.Middleware] = (),
+    middlewares: Iterable[Middleware] = (),
 ) -> RunningStandin:
     """Serve stand-in `kind` on host:port (0 picks a free port) until `close()`."""
     control = control if control is not None else StandinControl(demo=True)

@@ -108,8 +108,8 @@ class StandinServer:
         full = [t or step.text for t in texts]
         if call.stream:
             return await self.stream(request, call, step, full)
-        body = orjson.dumps(self.dialect.success(call, step, full))
-        return web.Response(body=body, content_type="application/json", headers=self.dialect.headers(call, step))
+        payload = orjson.dumps(self.dialect.success(call, step, full))
+        return web.Response(body=payload, content_type="application/json", headers=self.dialect.headers(call, step))
 
     def fail(self, call: Call, fail: Fail, kind: str | None = None) -> web.Response:
         """The vendor's error for `fail` (or for `kind`, an internal kind such as not_found)."""
