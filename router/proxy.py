@@ -73,26 +73,19 @@ class Proxy:
                         continue
                 try:
                     response = await self._try_target(request, ex, norm, cand, deadline, cap)
+                    ex.target_grant = grant
+                    return response
                 except UpstreamError as exc:
-                    if grant is not None:
-                        self.background.spawn(self.state.release_target(grant))
                     if exc.action is Action.RETURN:
                         raise exc.error from None
-                    last = exc.error
-                    self._leave(ex, target, exc.reason, more)
-                    continue
+                    last, reason = exc.error, exc.reason
                 except Unsupported as exc:
-                    if grant is not None:
+                    last, reason = exc, "unsupported"
+                finally:
+                    if grant is not None and ex.target_grant is not grant:
+                        # Abandoned for the next target: its request counts, its tokens do not.
                         self.background.spawn(self.state.release_target(grant))
-                    last = exc
-                    self._leave(ex, target, "unsupported", more)
-                    continue
-                except BaseException:
-                    if grant is not None:
-                        self.background.spawn(self.state.release_target(grant))
-                    raise
-                ex.target_grant = grant
-                return response
+                self._leave(ex, target, reason, more)
             if not last_resort:
                 break
             queue, last_resort = last_resort, []
