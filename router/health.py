@@ -1,4 +1,4 @@
-"""Health of provider targets: latency EWMA, recent error rate, circuit breaker.
+"""Health of provider targets: latency EWMAs, recent error rate, circuit breaker.
 
 One record per target holds everything. The memory backend applies the transitions below
 in Python; the Redis backend runs the same rules in Lua (at the end of this module) so
@@ -7,8 +7,10 @@ is the same Python code for both, so "open" turning into "half_open" after the c
 is decided at read time: no timer, no background job, nothing to lose on a restart.
 
 Stored fields: st (closed|open|half_open), oa (opened at), cf (consecutive failures),
-ew (latency EWMA, seconds), pb/pw (half-open probes claimed, since when), and per error
-bucket k: i<k> (bucket number = time // bucket width), n<k> (attempts), e<k> (failures).
+ew (latency EWMA of whole non-stream answers, seconds), tt (time-to-first-token EWMA of
+streams: a different quantity, so kept apart; a record written before tt existed reads it
+as unknown), pb/pw (half-open probes claimed, since when), and per error bucket k: i<k>
+(bucket number = time // bucket width), n<k> (attempts), e<k> (failures).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 BUCKETS = 6  # error-rate window split in six buckets: the rate forgets old failures smoothly
@@ -34,16 +37,35 @@ class HealthSettings:
     error_window_s: float = 60.0
 
 
+class Latencies(Protocol):
+    """The two latency averages of a target (TargetHealth, or a strategy's view of it)."""
+
+    @property
+    def latency_ewma(self) -> float | None: ...
+    @property
+    def ttft_ewma(self) -> float | None: ...
+
+
+def latency_for(h: Latencies, stream: bool) -> float | None:
+    """The latency a request of this kind can expect: a stream waits for its first token,
+    anything else for the whole answer. A stream target not yet measured streaming is judged
+    by its whole-answer latency, an upper bound on its time to first token."""
+    if stream and h.ttft_ewma is not None:
+        return h.ttft_ewma
+    return h.latency_ewma
+
+
 @dataclass
 class TargetHealth:
-    """What the router needs to pick a target; `usable` filters, `score` orders."""
+    """What the router needs to pick a target; `usable` filters, `score_for` orders."""
 
     state: str  # "closed" | "open" | "half_open"
-    latency_ewma: float | None  # seconds (ttft for streams); None before the first success
+    latency_ewma: float | None  # seconds to a whole non-stream answer; None before the first success
     error_rate: float  # 0..1 over the error window
     consecutive_failures: int
     probes_left: int = 0  # half-open probe slots still free
     samples: int = 0  # attempts in the error window
+    ttft_ewma: float | None = None  # seconds to a stream's first event; None before the first success
 
     @property
     def usable(self) -> bool:
@@ -52,12 +74,16 @@ class TargetHealth:
 
     @property
     def score(self) -> float:
-        """Expected seconds per successful answer; lower is better, inf when unusable.
-        A target never measured counts as 1s so it gets tried."""
+        """`score_for` a non-stream request."""
+        return self.score_for(False)
+
+    def score_for(self, stream: bool) -> float:
+        """Expected seconds per successful answer (streams: to the first token); lower is
+        better, inf when unusable. A target never measured counts as 1s so it gets tried."""
         if not self.usable:
             return math.inf
-        latency = self.latency_ewma if self.latency_ewma is not None else 1.0
-        return latency / max(0.05, 1.0 - self.error_rate)
+        latency = latency_for(self, stream)
+        return (latency if latency is not None else 1.0) / max(0.05, 1.0 - self.error_rate)
 
 
 HEALTHY = TargetHealth(CLOSED, None, 0.0, 0)
@@ -71,19 +97,21 @@ class CircuitRecord:
     oa: float = 0.0
     cf: int = 0
     ew: float | None = None
+    tt: float | None = None
     pb: int = 0
     pw: float = 0.0
     buckets: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # k -> (i, n, e)
 
     @classmethod
     def from_summary(cls, fields: Sequence[bytes | str | int], bucket: int | str) -> CircuitRecord:
-        """From the Redis scripts' summary: st, oa, cf, ew, pb, pw, and the error window's
-        attempts and failures (summed in Lua, kept here as one current bucket)."""
+        """From the Redis scripts' summary: st, oa, cf, ew, pb, pw, the error window's
+        attempts and failures (summed in Lua, kept here as one current bucket), then tt."""
         st, oa, cf, ew, pb, pw = (f.decode() if isinstance(f, bytes) else str(f) for f in fields[:6])
         n, e = int(fields[6]), int(fields[7])
+        tt = fields[8].decode() if isinstance(fields[8], bytes) else str(fields[8])
         return cls(
-            st=st, oa=float(oa), cf=int(float(cf)), ew=float(ew) if ew else None, pb=int(float(pb)), pw=float(pw),
-            buckets={0: (int(bucket), n, e)} if n else {},
+            st=st, oa=float(oa), cf=int(float(cf)), ew=float(ew) if ew else None, tt=float(tt) if tt else None,
+            pb=int(float(pb)), pw=float(pw), buckets={0: (int(bucket), n, e)} if n else {},
         )
 
     def effective_state(self, now: float, s: HealthSettings) -> str:
@@ -108,7 +136,7 @@ class CircuitRecord:
             live = self.st == HALF_OPEN and now - self.pw < s.cooldown_s
             probes_left = max(0, s.half_open_probes - self.pb) if live else s.half_open_probes
         n, e = self.window(now, s)
-        return TargetHealth(state, self.ew, (e / n) if n else 0.0, self.cf, probes_left, n)
+        return TargetHealth(state, self.ew, (e / n) if n else 0.0, self.cf, probes_left, n, self.tt)
 
     def claim_probe(self, now: float, s: HealthSettings) -> bool:
         """May one more attempt go to this target now? Takes a half-open probe slot.
@@ -126,14 +154,21 @@ class CircuitRecord:
         self.pb += 1
         return True
 
-    def record(self, ok: bool, latency_s: float | None, now: float, s: HealthSettings) -> tuple[str, str]:
+    def record(
+        self, ok: bool, latency_s: float | None, now: float, s: HealthSettings, stream: bool = False
+    ) -> tuple[str, str]:
         """Apply one attempt's outcome; returns (state before, state after).
-        Latency feeds the EWMA on success only: a failure's timing (a timeout, an
-        instant 500) says nothing about how fast the target answers."""
+        Latency feeds an EWMA on success only (a failure's timing, a timeout or an instant
+        500, says nothing about how fast the target answers): a stream's time to first
+        event feeds tt, a whole answer's latency ew."""
         before = self.effective_state(now, s)
         if ok and latency_s is not None:
-            a = s.ewma_alpha
-            self.ew = latency_s if self.ew is None else a * latency_s + (1 - a) * self.ew
+            a, old = s.ewma_alpha, self.tt if stream else self.ew
+            new = latency_s if old is None else a * latency_s + (1 - a) * old
+            if stream:
+                self.tt = new
+            else:
+                self.ew = new
         width = s.error_window_s / BUCKETS
         cur = int(now // width)
         k = cur % BUCKETS
@@ -160,19 +195,19 @@ class CircuitRecord:
 # Kept next to the Python above so a change to one is made to the other; the shared test
 # suite runs both.
 
-# A target's health summary (the error window summed in Lua, so a reply is 8 values, not
-# the whole hash) and the half-open probe claim: `claim_probe` above.
+# A target's health summary (the error window summed in Lua, so a reply is 9 values, not
+# the whole hash; tt last so the indices of the others stay put) and the half-open probe claim: `claim_probe` above.
 LUA_PRELUDE = """
 local function summary(h, cur, nb)
-  local f = {'st', 'oa', 'cf', 'ew', 'pb', 'pw'}
+  local f = {'st', 'oa', 'cf', 'ew', 'pb', 'pw', 'tt'}
   for j = 0, nb - 1 do f[#f + 1] = 'i' .. j; f[#f + 1] = 'n' .. j; f[#f + 1] = 'e' .. j end
   local v = redis.call('HMGET', h, unpack(f))
   local n, e = 0, 0
   for j = 0, nb - 1 do
-    local i = tonumber(v[7 + 3 * j])
-    if i and i > cur - nb and i <= cur then n, e = n + tonumber(v[8 + 3 * j]), e + tonumber(v[9 + 3 * j]) end
+    local i = tonumber(v[8 + 3 * j])
+    if i and i > cur - nb and i <= cur then n, e = n + tonumber(v[9 + 3 * j]), e + tonumber(v[10 + 3 * j]) end
   end
-  return {v[1] or 'closed', v[2] or '0', v[3] or '0', v[4] or '', v[5] or '0', v[6] or '0', n, e}
+  return {v[1] or 'closed', v[2] or '0', v[3] or '0', v[4] or '', v[5] or '0', v[6] or '0', n, e, v[7] or ''}
 end
 local function probe(h, nows, cooldown, probes, apply)
   local st, oa, pb, pw = unpack(redis.call('HMGET', h, 'st', 'oa', 'pb', 'pw'))
@@ -198,20 +233,21 @@ return out
 """
 
 # KEYS[1]: health hash. ARGV: now, ok, latency, alpha, failure threshold, error-rate
-# threshold, min samples, cooldown, error bucket, #buckets, ttl. CircuitRecord.record.
+# threshold, min samples, cooldown, error bucket, #buckets, ttl, stream. CircuitRecord.record.
 LUA_RECORD = """
 local h, nows = KEYS[1], ARGV[1]
 local now, ok, lat = tonumber(nows), ARGV[2] == '1', tonumber(ARGV[3])
 local alpha, fth, rth, mins = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local cool, cur, nb = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local st, oa, cf, ew = unpack(redis.call('HMGET', h, 'st', 'oa', 'cf', 'ew'))
+local lf = ARGV[12] == '1' and 'tt' or 'ew'
+local st, oa, cf, avg = unpack(redis.call('HMGET', h, 'st', 'oa', 'cf', lf))
 st, cf = st or 'closed', tonumber(cf or '0')
 local before = st
 if st == 'open' and now - tonumber(oa or '0') >= cool then before = 'half_open' end
 if ok and lat then
-  ew = tonumber(ew)
-  if ew then ew = alpha * lat + (1 - alpha) * ew else ew = lat end
-  redis.call('HSET', h, 'ew', string.format('%.6f', ew))
+  avg = tonumber(avg)
+  if avg then avg = alpha * lat + (1 - alpha) * avg else avg = lat end
+  redis.call('HSET', h, lf, string.format('%.6f', avg))
 end
 local k = cur % nb
 local bi, bn, be = unpack(redis.call('HMGET', h, 'i' .. k, 'n' .. k, 'e' .. k))

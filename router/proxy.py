@@ -139,7 +139,7 @@ class Proxy:
 
     async def _settle(self, ex: Exchange, grant: Grant, actual: int | None, cost: float) -> None:
         for target_id, latency in ex.healthy:
-            await self.state.record(target_id, True, latency)
+            await self.state.record(target_id, True, latency, ex.stream)
         await self.state.settle(grant, ex.target_grant, actual, cost)
 
     def _leave(self, ex: Exchange, target: Target, reason: str, more: bool) -> None:
@@ -222,5 +222,5 @@ class Proxy:
             ex.served = True
             ex.healthy.append((target.id, elapsed))   # recorded when the request settles
         elif outcome in UNHEALTHY:
-            self.background.spawn(self.state.record(target.id, False, None))
+            self.background.spawn(self.state.record(target.id, False, None, ex.stream))
 

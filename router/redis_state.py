@@ -395,12 +395,12 @@ class RedisState:
                 pass
         self._pending.extend(batches)  # replayed when Redis is back; the oldest drop first
 
-    async def record(self, target_id: str, ok: bool, latency_s: float | None) -> None:
+    async def record(self, target_id: str, ok: bool, latency_s: float | None, stream: bool = False) -> None:
         s, now = self._s, self._clock()
         if self._available():
             args = [f"{now:.6f}", "1" if ok else "0", "" if latency_s is None else repr(float(latency_s))]
             args += [repr(s.ewma_alpha), str(s.failure_threshold), repr(s.error_rate_threshold), str(s.min_samples)]
-            args += [repr(s.cooldown_s), self._bucket(now), str(BUCKETS), str(HEALTH_TTL_MS)]
+            args += [repr(s.cooldown_s), self._bucket(now), str(BUCKETS), str(HEALTH_TTL_MS), "1" if stream else "0"]
             try:
                 before, after = await self._call("record", self._script("record", [self._health_key(target_id)], args))
             except _Unavailable:
@@ -409,7 +409,7 @@ class RedisState:
                 log_transition(target_id, before.decode(), after.decode())
                 set_circuit(self._metrics, {target_id: TargetHealth(after.decode(), None, 0.0, 0)})
                 return
-        await self._local.record(target_id, ok, latency_s)
+        await self._local.record(target_id, ok, latency_s, stream)
 
     async def health(self, target_ids: Sequence[str]) -> dict[str, TargetHealth]:
         if self._available():

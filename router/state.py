@@ -108,7 +108,8 @@ class SharedState(Protocol):
 
     Per request: `admit` once; before each upstream attempt `reserve_target` (None: over
     the vendor quota, or the circuit is open / its half-open probes are taken: skip the
-    target); `record` each attempt's outcome; `release_target` for an attempt abandoned
+    target); `record` each attempt's outcome (`stream`: the latency is a stream's time to
+    first event, kept apart from whole answers' latency); `release_target` for an attempt abandoned
     for the next target (its request still counts, its tokens settle to what the vendor
     used, 0 by default); finally `settle` exactly once (repeats are no-ops) with the
     target that answered, or None."""
@@ -117,7 +118,7 @@ class SharedState(Protocol):
     async def reserve_target(self, target_id: str, limits: LimitSpec, tokens: int) -> TargetGrant | None: ...
     async def release_target(self, target: TargetGrant, actual_tokens: int | None = 0) -> None: ...
     async def settle(self, grant: Grant, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> None: ...
-    async def record(self, target_id: str, ok: bool, latency_s: float | None) -> None: ...
+    async def record(self, target_id: str, ok: bool, latency_s: float | None, stream: bool = False) -> None: ...
     async def health(self, target_ids: Sequence[str]) -> dict[str, TargetHealth]: ...
     async def ready(self) -> tuple[bool, str]: ...
     async def close(self) -> None: ...
@@ -306,10 +307,10 @@ class MemoryState:
             for period in (day, month):
                 self._spend[(grant.key, period)] = self._spend.get((grant.key, period), 0) + micro
 
-    async def record(self, target_id: str, ok: bool, latency_s: float | None) -> None:
+    async def record(self, target_id: str, ok: bool, latency_s: float | None, stream: bool = False) -> None:
         now = self._clock()
         rec = self._circuits.setdefault(target_id, CircuitRecord())
-        before, after = rec.record(ok, latency_s, now, self._s)
+        before, after = rec.record(ok, latency_s, now, self._s, stream)
         log_transition(target_id, before, after)
         set_circuit(self._metrics, {target_id: rec.view(now, self._s)})
 

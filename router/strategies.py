@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from router.health import latency_for
 from router.normalize import Normalized
 
 if TYPE_CHECKING:
@@ -29,7 +30,9 @@ class Health(Protocol):
     @property
     def state(self) -> str: ...            # "closed" | "open" | "half_open"
     @property
-    def latency_ewma(self) -> float | None: ...   # seconds; time to first token for streams
+    def latency_ewma(self) -> float | None: ...   # seconds to a whole non-stream answer
+    @property
+    def ttft_ewma(self) -> float | None: ...      # seconds to a stream's first token
     @property
     def error_rate(self) -> float: ...
     @property
@@ -61,13 +64,16 @@ def weighted(targets: Sequence[Target], health: HealthMap, norm: Normalized | No
 
 
 def latency(targets: Sequence[Target], health: HealthMap, norm: Normalized | None) -> list[Target]:
-    """Lowest recent latency first (streams: time to first token), stretched by the error rate:
-    latency / (1 - error_rate). A target not yet measured goes first, so it gets measured."""
+    """Lowest recent latency first, stretched by the error rate: latency / (1 - error_rate).
+    A stream is judged by time to first token, anything else by the whole answer (see
+    health.latency_for). A target not yet measured goes first, so it gets measured."""
+    stream = norm is not None and norm.stream
+
     def score(t: Target) -> float:
         h = health.get(t.id)
-        if h is None or h.latency_ewma is None:
+        if h is None or (measured := latency_for(h, stream)) is None:
             return -1.0
-        return h.latency_ewma / max(0.05, 1.0 - h.error_rate)
+        return measured / max(0.05, 1.0 - h.error_rate)
     return sorted(targets, key=score)
 
 

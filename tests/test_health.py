@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 
 import pytest
+import redis
 
 from router.health import TargetHealth
 from router.limits import Admission, LimitSpec
-from router.state import SharedState
-from tests.fixtures_redis import Backend
+from router.state import SharedState, StateSettings, create_state
+from tests.fixtures_redis import Backend, Clock
 
 T = "openai:gpt-x"
 FAST = dict(failure_threshold=3, min_samples=10, error_rate_threshold=0.5, cooldown_s=10.0, half_open_probes=2)
@@ -141,6 +142,43 @@ async def test_latency_ewma(backend: Backend, records: list[tuple[bool, float | 
     assert got == (pytest.approx(ewma) if ewma is not None else None)
 
 
+@pytest.mark.parametrize(
+    ("records", "latency", "ttft"),
+    [
+        pytest.param([(True, 0.2, True)], None, 0.2, id="stream-feeds-ttft-only"),
+        pytest.param([(True, 2.0, False)], 2.0, None, id="non-stream-feeds-latency-only"),
+        pytest.param([(True, 2.0, False), (True, 0.2, True), (True, 3.0, False), (True, 0.4, True)], 2.3, 0.26,
+                     id="interleaved-each-its-own-average"),
+        pytest.param([(True, 0.2, True), (False, 9.0, True)], None, 0.2, id="stream-failures-do-not-move-ttft"),
+        pytest.param([(True, 0.2, True), (True, None, True)], None, 0.2, id="no-latency-no-change"),
+    ],
+)
+async def test_stream_time_to_first_token_is_kept_apart_from_whole_answer_latency(
+    backend: Backend, records: list[tuple[bool, float | None, bool]], latency: float | None, ttft: float | None
+) -> None:
+    a, b = await backend.make(2, ewma_alpha=0.3)
+    for i, (ok, seconds, stream) in enumerate(records):
+        await (a, b)[i % 2].record(T, ok, seconds, stream=stream)
+    _, admitted = await b.admit(Admission(None, None, None, "gpt-x", None, 1), [T])
+    for h in (await state_of(a), admitted[T]):  # the other replica sees both, read alone or at admit
+        assert h.latency_ewma == (pytest.approx(latency) if latency is not None else None)
+        assert h.ttft_ewma == (pytest.approx(ttft) if ttft is not None else None)
+
+
+async def test_a_health_record_stored_before_ttft_existed_reads_ttft_as_unknown(redis_url: str) -> None:
+    s = create_state(redis_url, StateSettings(clock=Clock(), redis_timeout_s=2.0))
+    try:
+        with redis.Redis.from_url(redis_url) as r:  # what the scripts wrote before the tt field
+            r.hset(f"router:{{t:{T}}}:health", mapping={"st": "closed", "oa": "0", "cf": "0", "ew": "0.500000"})
+        h = await state_of(s)
+        assert (h.state, h.latency_ewma, h.ttft_ewma) == ("closed", pytest.approx(0.5), None)
+        await s.record(T, True, 0.2, stream=True)
+        h = await state_of(s)
+        assert (h.latency_ewma, h.ttft_ewma) == (pytest.approx(0.5), pytest.approx(0.2))
+    finally:
+        await s.close()
+
+
 async def test_error_rate_forgets_failures_older_than_the_window(backend: Backend) -> None:
     (s,) = await backend.make(error_window_s=60.0, failure_threshold=100)
     await fail([s], 4)
@@ -187,3 +225,20 @@ async def test_circuit_state_metric_follows_transitions(backend: Backend) -> Non
 def test_usable_and_score(health: TargetHealth, usable: bool, score: float) -> None:
     assert health.usable is usable
     assert health.score == pytest.approx(score)
+    assert health.score_for(False) == pytest.approx(score)
+
+
+@pytest.mark.parametrize(
+    ("health", "stream_score", "score"),
+    [
+        pytest.param(TargetHealth("closed", 2.0, 0.0, 0, ttft_ewma=0.2), 0.2, 2.0, id="each-kind-its-own-latency"),
+        pytest.param(TargetHealth("closed", 2.0, 0.5, 1, ttft_ewma=0.2), 0.4, 4.0, id="errors-inflate-both"),
+        pytest.param(TargetHealth("closed", 2.0, 0.0, 0), 2.0, 2.0, id="stream-unmeasured-falls-back-to-whole-answers"),
+        pytest.param(TargetHealth("closed", None, 0.0, 0, ttft_ewma=0.2), 0.2, 1.0, id="non-stream-ignores-ttft"),
+        pytest.param(TargetHealth("closed", None, 0.0, 0), 1.0, 1.0, id="never-measured-counts-as-one-second"),
+        pytest.param(TargetHealth("open", 2.0, 1.0, 9, ttft_ewma=0.2), math.inf, math.inf, id="unusable-is-inf"),
+    ],
+)
+def test_score_for_a_stream_uses_time_to_first_token(health: TargetHealth, stream_score: float, score: float) -> None:
+    assert health.score_for(True) == pytest.approx(stream_score)
+    assert health.score_for(False) == pytest.approx(score)

@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import asyncio
+
 import aiohttp
 import orjson
 import pytest
@@ -28,6 +30,7 @@ class H:
     state: str = "closed"
     latency_ewma: float | None = None
     error_rate: float = 0.0
+    ttft_ewma: float | None = None
     consecutive_failures: int = 0
     probes_left: int = 0
 
@@ -49,10 +52,12 @@ def table(models: dict[str, Any]):
                   "models": models}, environ={})
 
 
-def req(prompt_tokens: int = 10, max_tokens: int | None = None):
+def req(prompt_tokens: int = 10, max_tokens: int | None = None, stream: bool = False):
     body: dict[str, Any] = {"model": "g", "prompt": "x" * (4 * (prompt_tokens - 1))}
     if max_tokens:
         body["max_tokens"] = max_tokens
+    if stream:
+        body["stream"] = True
     return normalize("completions", orjson.dumps(body))
 
 
@@ -97,6 +102,28 @@ LATENCY = [
 def test_latency_puts_the_fastest_recent_target_first(health, expected):
     hm = {f"{p}/m": h for p, h in health.items()}
     assert order("latency", [t("a"), t("b"), t("c")], hm) == expected
+
+
+# a: first to a token but slow to finish; b: the opposite.
+A_FIRST_TOKEN_B_WHOLE = {"a": H(latency_ewma=2.0, ttft_ewma=0.1), "b": H(latency_ewma=0.5, ttft_ewma=0.4)}
+STREAMED = [
+    # (health by provider, stream, expected order)
+    (A_FIRST_TOKEN_B_WHOLE, True, ["a", "b"]),
+    (A_FIRST_TOKEN_B_WHOLE, False, ["b", "a"]),
+    # Not yet measured streaming: judged by its whole answers (an upper bound on the first token).
+    ({"a": H(latency_ewma=2.0), "b": H(latency_ewma=0.5, ttft_ewma=1.0)}, True, ["b", "a"]),
+    ({"a": H(latency_ewma=0.8), "b": H(latency_ewma=0.5, ttft_ewma=1.0)}, True, ["a", "b"]),
+    # Measured neither way: first, so it gets measured.
+    ({"a": H(latency_ewma=0.5, ttft_ewma=0.1), "b": H()}, True, ["b", "a"]),
+    # Errors stretch time to first token too.
+    ({"a": H(ttft_ewma=0.1, error_rate=0.9), "b": H(ttft_ewma=0.4)}, True, ["b", "a"]),
+]
+
+
+@pytest.mark.parametrize("health,stream,expected", STREAMED)
+def test_latency_orders_streams_by_time_to_first_token_and_the_rest_by_whole_answer(health, stream, expected):
+    hm = {f"{p}/m": h for p, h in health.items()}
+    assert order("latency", [t("a"), t("b")], hm, req(stream=stream)) == expected
 
 
 # a: cheap to read, dear to write; b: the opposite; c: no price at all.
@@ -164,7 +191,7 @@ async def serve(vendors, monkeypatch):
     """The proxy with its real in-process shared state, fed the given attempt outcomes first."""
     runners: list[web.AppRunner] = []
 
-    async def start(models: dict[str, Any], outcomes: list[tuple[str, bool, float | None]]) -> str:
+    async def start(models: dict[str, Any], outcomes: list[tuple[Any, ...]]) -> tuple[str, web.Application]:
         for v in vendors:
             monkeypatch.setenv(key_env(v.kind), v.api_key)
         tab = parse({"providers": providers_for([vendors.cogito, vendors.nebius]), "models": models})
@@ -174,9 +201,9 @@ async def serve(vendors, monkeypatch):
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         runners.append(runner)
-        for target_id, ok, latency in outcomes:
-            await app[STATE].record(target_id, ok, latency)
-        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+        for outcome in outcomes:   # (target id, ok, latency[, stream])
+            await app[STATE].record(*outcome)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}", app
 
     yield start
     for r in runners:
@@ -194,8 +221,34 @@ WIRE = [
 
 @pytest.mark.parametrize("strategy,outcomes,served_by", WIRE)
 async def test_proxy_sends_to_the_target_its_strategy_and_health_put_first(serve, strategy, outcomes, served_by):
-    url = await serve({"g": group(strategy, [t("cogito", "m-1"), t("nebius", "m-1")])}, outcomes)
+    url, _ = await serve({"g": group(strategy, [t("cogito", "m-1"), t("nebius", "m-1")])}, outcomes)
     async with aiohttp.ClientSession() as s:
         async with s.post(url + "/v1/completions", json={"model": "g", "prompt": "hi"}) as r:
             assert r.status == 200, await r.text()
             assert (r.headers["x-router-provider"], r.headers["x-router-attempts"]) == (served_by, "1")
+
+
+# cogito: first to a token but slow to finish; nebius: the opposite.
+SPLIT = [("cogito/m-1", True, 0.1, True), ("cogito/m-1", True, 2.0, False),
+         ("nebius/m-1", True, 0.8, True), ("nebius/m-1", True, 0.3, False)]
+
+
+@pytest.mark.parametrize("stream,served_by", [(True, "cogito"), (False, "nebius")])
+async def test_proxy_streams_to_the_first_to_a_token_and_answers_whole_from_the_fastest_overall(
+        serve, stream, served_by):
+    url, app = await serve({"g": group("latency", [t("cogito", "m-1"), t("nebius", "m-1")])}, SPLIT)
+    before = (await app[STATE].health([f"{served_by}/m-1"]))[f"{served_by}/m-1"]
+    body = {"model": "g", "prompt": "hi", "stream": stream}
+    async with aiohttp.ClientSession() as s, s.post(url + "/v1/completions", json=body) as r:
+        assert r.status == 200, await r.text()
+        await r.read()
+        assert (r.headers["x-router-provider"], r.headers["x-router-attempts"]) == (served_by, "1")
+    # The attempt itself is recorded on its own kind's average only (at settle, just after the answer).
+    for _ in range(200):
+        after = (await app[STATE].health([f"{served_by}/m-1"]))[f"{served_by}/m-1"]
+        if (after.ttft_ewma, after.latency_ewma) != (before.ttft_ewma, before.latency_ewma):
+            break
+        await asyncio.sleep(0.01)
+    moved, kept = ("ttft_ewma", "latency_ewma") if stream else ("latency_ewma", "ttft_ewma")
+    assert getattr(after, moved) != getattr(before, moved)
+    assert getattr(after, kept) == getattr(before, kept)
