@@ -39,9 +39,15 @@ class ClientKey:
                                   code="model_not_allowed")
 
 
-_MISSING = RouterError(401, "Missing API key: send it as 'Authorization: Bearer <key>'.",
+# Errors are built per raise: a shared exception instance would collect every raising
+# request's frames in its traceback and keep them alive.
+def _missing() -> RouterError:
+    return RouterError(401, "Missing API key: send it as 'Authorization: Bearer <key>'.",
                        type=AUTHENTICATION, code="missing_api_key")
-_UNKNOWN = RouterError(401, "Incorrect API key provided.", type=AUTHENTICATION, code="invalid_api_key")
+
+
+def _unknown() -> RouterError:
+    return RouterError(401, "Incorrect API key provided.", type=AUTHENTICATION, code="invalid_api_key")
 
 
 def digest(secret: str) -> bytes:
@@ -68,10 +74,10 @@ class KeyRing:
     def authenticate(self, authorization: str | None) -> ClientKey:
         token = bearer(authorization)
         if token is None:
-            raise _MISSING
+            raise _missing()
         key = self._by_digest.get(digest(token))
         if key is None:
-            raise _UNKNOWN
+            raise _unknown()
         return key
 
 

@@ -61,7 +61,7 @@ class Rule:
     route: tuple[str, ...] | None
     rewrite: str | None
     strategy: str | None
-    deny: RouterError | None
+    deny: Deny | None
 
     @property
     def label(self) -> str:
@@ -95,7 +95,7 @@ class RuleSet:
         if rule is None:
             return Decision(None, norm.names, None)
         if rule.deny is not None:
-            raise rule.deny
+            raise deny_error(rule.deny)   # a fresh error per request: see keys._missing
         names = norm.names
         if rule.route is not None:
             names = list(rule.route)
@@ -163,7 +163,7 @@ def compile_rules(rules: Sequence[RuleConfig], default_max_tokens: int) -> RuleS
         checks, describe = compile_match(r.match, default_max_tokens)
         route = None if r.route is None else tuple(r.route)
         out.append(Rule(i, r.name or f"#{i}", checks, describe, route, r.rewrite, r.strategy,
-                        deny_error(r.deny) if r.deny is not None else None))
+                        r.deny))
     return RuleSet(out)
 
 
