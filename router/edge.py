@@ -60,6 +60,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise
     except Exception:
         log.exception("unexpected error serving %s", request.path, extra={"request_id": ex.request_id})
+        if ex.committed:
+            raise   # a stream already under way: aiohttp closes the connection, the client sees it end
         return _fail(ex, RouterError(500, "The proxy failed unexpectedly; the request id is in x-request-id.",
                                      type=SERVER, code="internal_error"))
     finally:

@@ -50,6 +50,7 @@ class Exchange:
     cost_usd: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)   # extra response headers (rate limits)
     price: Price | None = None    # of the target that served
+    committed: bool = False       # a stream's headers went out: no other response is possible
     served: bool = False          # an upstream answer (or a stream's first event) arrived
     healthy: list[tuple[str, float]] = field(default_factory=list)   # (target id, latency) of good attempts
     target_grant: TargetGrant | None = None
@@ -66,13 +67,19 @@ class Exchange:
                 + self.completion_tokens * price.output) / 1e6
 
     def take_usage(self, usage: object) -> None:
+        """Token counts as the vendor reported them; anything not a count reads as 0."""
         if not isinstance(usage, dict):
             return
-        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        self.prompt_tokens = _count(usage.get("prompt_tokens"))
+        self.completion_tokens = _count(usage.get("completion_tokens"))
         details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        self.cached_tokens = int(cached or 0)
+        self.cached_tokens = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 2**53:
+        return 0
+    return int(value)
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -35,7 +35,8 @@ from router.streaming import relay_stream
 NO_LIMITS = LimitSpec()
 # Attempt outcomes that count against a target's health; a client's own error or a model
 # the vendor does not carry says nothing about whether the vendor is up.
-UNHEALTHY = frozenset({"timeout", "connect", "server_error", "rate_limited", "upstream_auth", "bad_response"})
+UNHEALTHY = frozenset({"timeout", "connect", "server_error", "rate_limited", "upstream_auth", "bad_response",
+                       "stream_interrupted"})
 
 
 class Proxy:
@@ -177,19 +178,27 @@ class Proxy:
             err = transport_error(target.provider, exc)
             self._count(target, err.reason, started, ex)
             raise err from None
+        ended: float | None = None
         try:
             if resp.status != 200:
-                raw = await resp.read()
+                try:
+                    raw = await resp.read()
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    raw = b""   # the status says enough; a cut-off error body must not hide it
                 err = adapter.map_error(resp.status, resp.headers, raw)
                 outcome = err.reason
                 raise err
             if norm.stream:
                 try:
-                    return await relay_stream(request, ex, norm, cand.public, target, resp, self.metrics,
-                                              on_first=lambda: self._count(target, "ok", started, ex))
+                    relayed = await relay_stream(request, ex, norm, cand.public, target, resp, self.metrics)
                 except UpstreamError as err:
                     outcome = err.reason
                     raise
+                # An attempt's stream latency is its time to first event.
+                ended = relayed.first_event_at
+                if relayed.broken:
+                    outcome = "stream_interrupted"
+                return relayed.response
             try:
                 raw = await resp.read()
                 data = orjson.loads(raw)
@@ -207,20 +216,19 @@ class Proxy:
             data["model"] = cand.public
             data["provider"] = target.provider
             ex.take_usage(data.get("usage"))
+            ex.served = True
             return web.Response(body=orjson.dumps(data), content_type="application/json")
         finally:
             resp.release()
-            if not norm.stream or outcome != "ok":
-                self._count(target, outcome, started, ex)
+            self._count(target, outcome, started, ex, ended)
 
-    def _count(self, target: Target, outcome: str, started: float, ex: Exchange) -> None:
-        elapsed = time.monotonic() - started
+    def _count(self, target: Target, outcome: str, started: float, ex: Exchange,
+               ended: float | None = None) -> None:
+        elapsed = (ended or time.monotonic()) - started
         ex.upstream_s += elapsed
         self.metrics.attempts.labels(target.provider, outcome).inc()
         self.metrics.upstream_duration.labels(target.provider, outcome).observe(elapsed)
         if outcome == "ok":
-            ex.served = True
             ex.healthy.append((target.id, elapsed))   # recorded when the request settles
         elif outcome in UNHEALTHY:
             self.background.spawn(self.state.record(target.id, False, None, ex.stream))
-

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from providers.base import bad_upstream_body, transport_error
 from router.errors import UPSTREAM, RouterError
@@ -30,9 +32,17 @@ log = logging.getLogger("router.stream")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+@dataclass(slots=True)
+class Relayed:
+    """A stream the client received: when its first event came, and whether it broke off."""
+
+    response: web.StreamResponse
+    first_event_at: float
+    broken: bool
+
+
 async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, public: str, target: Target,
-                       resp: aiohttp.ClientResponse, metrics: Metrics,
-                       on_first: Callable[[], None]) -> web.StreamResponse:
+                       resp: aiohttp.ClientResponse, metrics: Metrics) -> Relayed:
     adapter = target.adapter
     provider = target.provider
     endpoint = norm.endpoint
@@ -43,6 +53,8 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
         first = await anext(upstream, None)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise transport_error(provider, exc) from None
+    except (HttpProcessingError, ValueError):
+        raise bad_upstream_body(provider, "a stream that could not be read") from None
     if first is None or first == b"[DONE]":
         raise bad_upstream_body(provider, "a stream with no events")
     obj = _load(first)
@@ -50,13 +62,16 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
         raise bad_upstream_body(provider, "a stream event that is not JSON")
     if "error" in obj:
         raise adapter.map_error(500, {}, first)
-    on_first()
+    if not isinstance(obj.get("choices"), list):
+        raise bad_upstream_body(provider, "a first stream event without 'choices'")
 
+    first_at = time.monotonic()
+    ex.served = True
     response = web.StreamResponse(headers=SSE_HEADERS)
+    ex.committed = True
     await response.prepare(request)
-    ex.ttft_s = time.monotonic() - ex.started
+    ex.ttft_s = first_at - ex.started
     metrics.ttft.labels(public, provider).observe(ex.ttft_s)
-    relay_started = time.monotonic()
 
     def shape(o: dict[str, Any]) -> bytes | None:
         adapter.fix_chunk(endpoint, o)
@@ -72,21 +87,22 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                 del o["usage"]
         return encode(o)
 
+    # From here on the stream is the client's: whatever happens upstream ends it with an
+    # error event and [DONE], never an exception that would leave the client hanging.
     failure: RouterError | None = None
+    done = False
     try:
-        chunk = shape(obj)
-        if chunk:
-            await response.write(chunk)
-        done = False
         try:
+            chunk = shape(obj)
+            if chunk:
+                await response.write(chunk)
             async for data in upstream:
                 if data == b"[DONE]":
                     done = True
                     break
                 obj = _load(data)
                 if obj is None:
-                    failure = RouterError(502, f"Provider '{provider}' sent a stream event that is not JSON",
-                                          type=UPSTREAM, code="upstream_bad_response")
+                    failure = _broken(provider, "sent a stream event that is not JSON", "upstream_bad_response")
                     break
                 if "error" in obj:
                     failure = adapter.map_error(500, {}, data).error
@@ -94,13 +110,15 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                 chunk = shape(obj)
                 if chunk:
                     await response.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-                asyncio.TimeoutError) as exc:
-            failure = RouterError(502, f"The stream from provider '{provider}' broke off ({type(exc).__name__})",
-                                  type=UPSTREAM, code="upstream_stream_interrupted")
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            failure = _broken(provider, f"broke off ({type(exc).__name__})", "upstream_stream_interrupted")
+        except Exception as exc:  # a malformed event, an over-long line: still the vendor's fault
+            log.warning("unreadable stream from %s: %r", provider, exc, extra={"request_id": ex.request_id})
+            failure = _broken(provider, "sent a stream the proxy could not read", "upstream_bad_response")
         if failure is None and not done:
-            failure = RouterError(502, f"The stream from provider '{provider}' ended without [DONE]",
-                                  type=UPSTREAM, code="upstream_stream_interrupted")
+            failure = _broken(provider, "ended without [DONE]", "upstream_stream_interrupted")
         if failure is not None:
             ex.status = failure.status
             ex.error_code = failure.code
@@ -114,8 +132,12 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
         ex.error_code = "client_closed_request"
         resp.close()
     finally:
-        ex.upstream_s += time.monotonic() - relay_started
-    return response
+        ex.upstream_s += time.monotonic() - first_at
+    return Relayed(response, first_at, failure is not None)
+
+
+def _broken(provider: str, what: str, code: str) -> RouterError:
+    return RouterError(502, f"The stream from provider '{provider}' {what}", type=UPSTREAM, code=code)
 
 
 def _load(data: bytes) -> dict[str, Any] | None:
