@@ -49,7 +49,11 @@ def _load(path: str) -> RouteTable | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = ServeSettings.from_env(config_path=args.config, host=args.host, port=args.port)
+    try:
+        settings = ServeSettings.from_env(config_path=args.config, host=args.host, port=args.port)
+    except ValueError as exc:
+        print(f"router serve: {exc}", file=sys.stderr)
+        return 2
     table = _load(settings.config_path)
     if table is None:
         return 2

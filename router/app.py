@@ -8,6 +8,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from router.background import Background
 from router.edge import METRICS, edge, stamp_headers
 from router.handlers import PROXY, ROUTES, STATE, add_routes
 from router.metrics import Metrics
@@ -69,11 +70,10 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
 async def _reloader(app: web.Application) -> AsyncIterator[None]:
     routes = app[ROUTES]
     task = asyncio.create_task(routes.watch(app[SETTINGS].reload_interval_s))
-    undo = install_sighup(asyncio.get_running_loop(), routes)
+    signals = Background()
+    undo = install_sighup(asyncio.get_running_loop(), routes, signals)
     yield
     undo()
     task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    await asyncio.gather(task, return_exceptions=True)
+    await signals.drain(5.0)

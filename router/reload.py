@@ -11,6 +11,7 @@ import os
 import signal
 from typing import Callable
 
+from router.background import Background
 from router.metrics import Metrics
 from router.routes import ConfigError, RouteTable, load
 
@@ -44,9 +45,29 @@ class Routes:
         if not self.path:
             return False
         self._stamp = self._mtime()
+        return self._apply(self._load(self.path))
+
+    async def reload_async(self) -> bool:
+        """As `reload`, with the reading and validating off the event loop."""
+        if not self.path:
+            return False
+        self._stamp = self._mtime()
+        return self._apply(await asyncio.to_thread(self._load, self.path))
+
+    @staticmethod
+    def _load(path: str) -> RouteTable | ConfigError:
         try:
-            table = load(self.path)
+            return load(path)
         except ConfigError as exc:
+            return exc
+        except Exception as exc:  # a bug must not kill the watcher: refuse the file and say why
+            log.exception("routes reload failed unexpectedly")
+            return ConfigError([f"unexpected error: {exc!r}"], path)
+
+    def _apply(self, table: RouteTable | ConfigError) -> bool:
+        """Swap the new table in with one assignment, or count and log the refusal."""
+        if isinstance(table, ConfigError):
+            exc = table
             self.last_error = str(exc)
             self.metrics.config_reloads.labels("error").inc()
             log.error("routes reload refused, the previous table stays in force:\n%s", exc)
@@ -61,9 +82,6 @@ class Routes:
         log.info("routes reloaded from %s (generation %d)", self.path, table.generation)
         return True
 
-    def changed(self) -> bool:
-        return self._mtime() != self._stamp
-
     async def watch(self, interval: float) -> None:
         """Poll every `interval`; reload once a change has held still for one more poll, so a
         file caught half-written by an editor is not refused (and counted) for nothing."""
@@ -77,13 +95,13 @@ class Routes:
                 seen = stamp
             else:
                 seen = None
-                self.reload()
+                await self.reload_async()
 
 
-def install_sighup(loop: asyncio.AbstractEventLoop, routes: Routes) -> Callable[[], None]:
+def install_sighup(loop: asyncio.AbstractEventLoop, routes: Routes, background: Background) -> Callable[[], None]:
     """Reload on SIGHUP; returns the undo. A no-op where signals cannot be installed."""
     try:
-        loop.add_signal_handler(signal.SIGHUP, routes.reload)
+        loop.add_signal_handler(signal.SIGHUP, lambda: background.spawn(routes.reload_async()))
     except (NotImplementedError, RuntimeError, ValueError):
         return lambda: None
 

@@ -331,6 +331,8 @@ def load(path: str | Path, environ: dict[str, str] | None = None) -> RouteTable:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"cannot read the file: {exc.strerror}"], source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"byte {exc.start}: not UTF-8 text"], source) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

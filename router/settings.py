@@ -25,11 +25,23 @@ class ServeSettings:
             "config_path": env.get("ROUTER_CONFIG", cls.config_path),
             "redis_url": env.get("REDIS_URL") or None,
             "fail_open": env.get("ROUTER_LIMITS_FAIL_CLOSED", "") not in ("1", "true", "yes"),
-            "reload_interval_s": float(env.get("ROUTER_RELOAD_INTERVAL", cls.reload_interval_s)),
+            "reload_interval_s": _interval(env.get("ROUTER_RELOAD_INTERVAL")),
             "log_prompts": env.get("ROUTER_LOG_PROMPTS", "") in ("1", "true", "yes"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _interval(raw: str | None) -> float:
+    if raw is None:
+        return ServeSettings.reload_interval_s
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 3600:
+        raise ValueError(f"ROUTER_RELOAD_INTERVAL={raw!r}: give seconds between 0.1 and 3600")
+    return value
 
 
 SETTINGS = web.AppKey("settings", ServeSettings)

@@ -169,3 +169,33 @@ async def test_sighup_reloads_at_once(vendors, start_proxy, tmp_path):
                 return r.headers["x-router-provider"] == "nebius"
         await until(swapped, timeout=2)
         assert await metric(s, proxy.url, "router_config_reloads_total", '{result="ok"}') == 1
+
+
+async def test_undecodable_file_is_refused_and_the_watcher_keeps_going(tmp_path):
+    from router.metrics import Metrics
+    from router.reload import Routes
+    from router.routes import load
+
+    path = tmp_path / "routes.yaml"
+    good = ("providers: {up: {kind: openai, base_url: 'http://127.0.0.1:9/v1'}}\n"
+            "models: {m: {targets: [{provider: up, model: x}]}}\n")
+    path.write_text(good)
+    metrics = Metrics()
+    routes = Routes(load(path), str(path), metrics)
+    watcher = asyncio.create_task(routes.watch(0.05))
+    try:
+        path.write_bytes(b"providers: \xff\xfe\n")
+        for _ in range(100):
+            if routes.last_error:
+                break
+            await asyncio.sleep(0.02)
+        assert "not UTF-8" in routes.last_error
+        assert metrics.registry.get_sample_value("router_config_reloads_total", {"result": "error"}) == 1
+        path.write_text(good.replace("model: x", "model: y"))
+        for _ in range(100):
+            if routes.table.generation == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert routes.table.groups["m"].targets[0].model == "y", "the watcher survived the bad file"
+    finally:
+        watcher.cancel()
