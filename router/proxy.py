@@ -63,6 +63,15 @@ class Proxy:
                     break
                 target = cand.target
                 more = i + 1 < len(queue) or (round_ == 0 and bool(last_resort))
+                try:
+                    # Translate before reserving anything: a refused field costs no quota or probe.
+                    payload = orjson.dumps(target.adapter.build_body(norm.endpoint, norm.body, target.model,
+                                                                     want_usage=True))
+                except Unsupported as exc:
+                    # An upstream's own failure says more than "this one cannot take a field".
+                    last = last or exc
+                    self._leave(ex, target, "unsupported", more)
+                    continue
                 grant: TargetGrant | None = None
                 h = health.get(target.id) if health and round_ == 0 else None
                 if round_ == 0 and (target.limits is not None or (h is not None and h.state != CLOSED)):
@@ -73,19 +82,19 @@ class Proxy:
                         self._leave(ex, target, "unavailable", more)
                         continue
                 try:
-                    response = await self._try_target(request, ex, norm, cand, deadline, cap)
+                    response = await self._try_target(request, ex, norm, cand, payload, deadline, cap)
                     ex.target_grant = grant
                     return response
                 except UpstreamError as exc:
                     if exc.action is Action.RETURN:
                         raise exc.error from None
                     last, reason = exc.error, exc.reason
-                except Unsupported as exc:
-                    last, reason = exc, "unsupported"
                 finally:
                     if grant is not None and ex.target_grant is not grant:
-                        # Abandoned for the next target: its request counts, its tokens do not.
-                        self.background.spawn(self.state.release_target(grant))
+                        # Abandoned (or the client left): its request counts, its tokens settle
+                        # to what the vendor reported, or stay reserved if it answered unreported.
+                        used = ex.prompt_tokens + ex.completion_tokens
+                        self.background.spawn(self.state.release_target(grant, used or (None if ex.served else 0)))
                 self._leave(ex, target, reason, more)
             if not last_resort:
                 break
@@ -101,12 +110,11 @@ class Proxy:
         raise last
 
     async def _try_target(self, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
-                          deadline: float, cap: int) -> web.StreamResponse:
+                          payload: bytes, deadline: float, cap: int) -> web.StreamResponse:
         """One target under the retry policy; raises UpstreamError when it cannot serve."""
         target = cand.target
         ex.model, ex.provider, ex.vendor_model = cand.public, target.provider, target.model
         ex.price = target.price
-        payload = orjson.dumps(target.adapter.build_body(norm.endpoint, norm.body, target.model, want_usage=True))
         # Fast path: most first attempts succeed, so the retry machinery is only built
         # once one has failed with something worth retrying.
         try:
