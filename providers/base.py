@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Mapping
 
@@ -31,15 +32,20 @@ from router.schema import Endpoint
 
 log = logging.getLogger("router.providers")
 
-# OpenAI request fields that change the answer when honoured, with the value that means
-# "off". A vendor that cannot take one may drop it only when it is at that value.
-ANSWER_FIELDS: dict[str, Any] = {
-    "n": 1, "best_of": 1, "echo": False, "logprobs": None, "top_logprobs": None, "suffix": None,
-    "logit_bias": None, "presence_penalty": 0, "frequency_penalty": 0, "seed": None,
-    "response_format": None, "tools": None, "tool_choice": None, "parallel_tool_calls": None,
-    "temperature": None, "top_p": None, "stop": None, "max_tokens": None,
-    "max_completion_tokens": None, "stream_options": None,
+# OpenAI request fields that change the answer when honoured, with the values that mean
+# "off" (null is always one). A vendor that cannot take one may drop it only when it is off.
+ANSWER_FIELDS: dict[str, tuple[Any, ...]] = {
+    "n": (1,), "best_of": (1,), "echo": (False,), "logprobs": (False,), "top_logprobs": (0,),
+    "suffix": (), "logit_bias": ({},), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0),
+    "seed": (), "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none",),
+    "parallel_tool_calls": (True, False), "temperature": (), "top_p": (), "stop": ([],),
+    "max_tokens": (), "max_completion_tokens": (), "stream_options": (),
 }
+
+
+def is_off(value: Any, offs: tuple[Any, ...]) -> bool:
+    """Null, or one of `offs` of the same type (so 0 is not False: `logprobs: 0` asks for logprobs)."""
+    return value is None or any(type(value) is type(v) and value == v for v in offs)
 # Fields that only hint (attribution, storage, priority): dropped with a log note.
 HINT_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "prediction", "modalities"})
 
@@ -81,7 +87,7 @@ class Unsupported(RouterError):
 class ProviderSettings:
     name: str
     base_url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     options: Mapping[str, Any]
 
 
@@ -120,18 +126,18 @@ class Adapter:
         """A new dict for the vendor; `body` itself is shared across attempts and left alone."""
         takes = self.takes[endpoint]
         out: dict[str, Any] = {}
-        for field, value in body.items():
-            if field in takes:
-                out[field] = value
-            elif field in ANSWER_FIELDS:
-                if value is not None and value != ANSWER_FIELDS[field]:
-                    raise Unsupported(self.name, field, f"{self.kind} does not support it")
-            elif field in HINT_FIELDS:
-                log.info("dropped hint field %r for provider %s", field, self.name)
+        for name, value in body.items():
+            if name in takes:
+                out[name] = value
+            elif name in ANSWER_FIELDS:
+                if not is_off(value, ANSWER_FIELDS[name]):
+                    raise Unsupported(self.name, name, f"{self.kind} does not support it")
+            elif name in HINT_FIELDS:
+                log.info("dropped hint name %r for provider %s", name, self.name)
             elif self.open_schema:
-                out[field] = value
+                out[name] = value
             else:
-                raise Unsupported(self.name, field, f"{self.kind} does not accept unknown fields")
+                raise Unsupported(self.name, name, f"{self.kind} does not accept unknown fields")
         out["model"] = vendor_model
         if out.get("stream") and want_usage:
             opts = dict(out.get("stream_options") or {})
@@ -209,7 +215,8 @@ def classify(provider: str, status: int, message: str | None, code: str | None, 
             Action.RETURN, "client_error")
     if status == 429:
         wait = parse_retry_after(retry_after)
-        headers = {"Retry-After": retry_after} if wait is not None and retry_after else {}
+        # HTTP's Retry-After is whole seconds; some vendors send fractions.
+        headers = {"Retry-After": str(math.ceil(wait))} if wait is not None else {}
         return UpstreamError(
             RouterError(429, f"Provider '{provider}' is rate limiting requests{said}", type=RATE_LIMIT,
                         code="rate_limit_exceeded", headers=headers),

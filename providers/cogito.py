@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.base import COMMON_FIELDS, Adapter
+from providers.base import COMMON_FIELDS, Adapter, Unsupported
 from router.schema import Endpoint
+
+
+_ROLES = ("system", "user", "assistant", "tool")
 
 
 class CogitoAdapter(Adapter):
@@ -16,6 +19,25 @@ class CogitoAdapter(Adapter):
         Endpoint.COMPLETIONS: COMMON_FIELDS | {"prompt", "ignore_eos"},
         Endpoint.CHAT: COMMON_FIELDS | {"messages", "tools", "tool_choice", "response_format"},
     }
+
+    def translate(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Cogito's chat schema takes roles system/user/assistant/tool and string content."""
+        if endpoint == Endpoint.CHAT:
+            body["messages"] = [self._message(i, m) for i, m in enumerate(body["messages"])]
+        return body
+
+    def _message(self, i: int, m: dict[str, Any]) -> dict[str, Any]:
+        role, content = m.get("role"), m.get("content")
+        if role not in _ROLES and role != "developer":
+            raise Unsupported(self.name, f"messages[{i}].role", f"cogito takes the roles {', '.join(_ROLES)}")
+        if role == "developer" or isinstance(content, list):
+            m = dict(m)
+            m["role"] = "system" if role == "developer" else role
+            if isinstance(content, list):
+                if any(part.get("type") != "text" for part in content):
+                    raise Unsupported(self.name, f"messages[{i}].content", "cogito takes text only")
+                m["content"] = "".join(str(part.get("text", "")) for part in content)
+        return m
 
     def fix_response(self, endpoint: str, data: dict[str, Any]) -> None:
         _cached_tokens(data.get("usage"))

@@ -140,3 +140,47 @@ def test_vendor_error_maps_to_openai_error(kind, status, body, out_status, out_c
 def test_retry_after_is_read_from_vendor_429():
     err = adapter("openai").map_error(429, {"Retry-After": "3"}, b"{}")
     assert err.retry_after == 3.0 and err.error.headers == {"Retry-After": "3"}
+
+
+@pytest.mark.parametrize(("messages", "received"), [
+    ([{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}],
+     [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]),
+    ([{"role": "user", "content": [{"type": "text", "text": "one "}, {"type": "text", "text": "two"}]}],
+     [{"role": "user", "content": "one two"}]),
+])
+async def test_cogito_chat_gets_its_roles_and_string_content(messages, received, proxy, vendors):
+    await proxy.client().chat.completions.create(model="via-cogito", messages=messages)
+    assert vendors.cogito.control.requests[-1].body["messages"] == received
+
+
+async def test_cogito_refuses_image_parts_naming_the_message(proxy, vendors):
+    with pytest.raises(openai.BadRequestError) as info:
+        await proxy.client().chat.completions.create(model="via-cogito", messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])
+    assert info.value.body["param"] == "messages[0].content"
+
+
+@pytest.mark.parametrize(("extra", "sent"), [
+    ({"logprobs": False}, False),              # off: dropped, the answer is the same
+    ({"parallel_tool_calls": True}, False),
+])
+async def test_a_field_at_its_off_value_is_dropped_not_refused(extra, sent, proxy, vendors):
+    await proxy.client().chat.completions.create(model="via-cogito", messages=[{"role": "user", "content": "x"}],
+                                                 extra_body=extra)
+    assert (next(iter(extra)) in vendors.cogito.control.requests[-1].body) is sent
+
+
+def test_logprobs_zero_is_not_off():
+    with pytest.raises(Exception) as info:
+        adapter("cogito").build_body("completions", {"model": "m", "prompt": "x", "logprobs": 0}, "m", False)
+    assert info.value.param == "logprobs"
+
+
+def test_fractional_retry_after_is_sent_as_whole_seconds():
+    err = adapter("openai").map_error(429, {"Retry-After": "0.4"}, b"{}")
+    assert err.retry_after == 0.4 and err.error.headers == {"Retry-After": "1"}
+
+
+def test_vendor_key_stays_out_of_reprs():
+    settings = ProviderSettings("p", "http://127.0.0.1:1", "sk-very-secret", {})
+    assert "sk-very-secret" not in repr(settings)
