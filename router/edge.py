@@ -53,7 +53,10 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _fail(ex, err)
     except web.HTTPException as exc:
         template = _HTTP_MESSAGES.get(exc.status, exc.reason)
-        return _fail(ex, status_error(exc.status, template.format(path=request.path, method=request.method)))
+        http_error = status_error(exc.status, template.format(path=request.path, method=request.method))
+        if "Allow" in exc.headers:
+            http_error.headers["Allow"] = exc.headers["Allow"]
+        return _fail(ex, http_error)
     except asyncio.CancelledError:
         ex.status = 499
         ex.error_code = "client_closed_request"

@@ -7,6 +7,7 @@ else reaches a client, so an unexpected bug is still a JSON 500, never an HTML p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -49,6 +50,14 @@ class RouterError(Exception):
 
     def __repr__(self) -> str:
         return f"RouterError({self.status}, {self.code!r}, {self.message!r})"
+
+
+def dotted(parts: Sequence[object]) -> str:
+    """A location as a person writes it: ("models", "fast", "targets", 1) -> models.fast.targets[1]."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> RouterError:

@@ -41,12 +41,7 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     ex.endpoint = endpoint
     table = request.app[ROUTES].table
     key = _authenticate(request, table)
-    limit = table.settings.max_body_bytes
-    if (request.content_length or 0) > limit:
-        raise _too_large(limit)
-    raw = await request.read()
-    if len(raw) > limit:
-        raise _too_large(limit)
+    raw = await _read_body(request, table.settings.max_body_bytes)
     norm = normalize(endpoint, raw)
     ex.stream = norm.stream
     if request.app[SETTINGS].log_prompts:
@@ -70,6 +65,20 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
         return await proxy.serve(request, ex, norm, candidates, health, tokens)
     finally:
         await proxy.settle(ex, grant)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` (a chunked body has no length)."""
+    if (request.content_length or 0) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_large(limit: int) -> RouterError:

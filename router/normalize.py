@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
-from router.errors import bad_request
+from router.errors import bad_request, dotted
 from router.schema import ChatRequest, CompletionRequest, Endpoint
 
 _MODELS: dict[str, type[CompletionRequest] | type[ChatRequest]] = {
@@ -98,7 +97,7 @@ def _validation_error(exc: ValidationError, endpoint: str):
     loc = err["loc"]
     # Unions report the failing branch as a loc element ("str", "list[int]"): drop those.
     parts = [p for p in loc if isinstance(p, int) or p in _FIELD_NAMES or not _is_type_tag(p)]
-    param = _format_loc(parts) or None
+    param = dotted(parts) or None
     if err["type"] == "missing":
         return bad_request(f"Missing required parameter: '{param}'.", param=param)
     if param == _REQUIRED[endpoint] and len(parts) == 1:
@@ -120,12 +119,3 @@ def _is_type_tag(part: object) -> bool:
         part in {"str", "int", "float", "bool", "dict", "list"} or "[" in part or part.startswith(("function-", "constrained-"))
     )
 
-
-def _format_loc(parts: Sequence[object]) -> str:
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        else:
-            out += f".{p}" if out else str(p)
-    return out

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from providers import REGISTRY, Adapter, ProviderSettings
+from router.errors import dotted
 from router.keys import KeyRing, build_keyring
 from router.limits import LimitSpec, limit_spec
 from router.rules import RuleSet, check_rules, compile_rules
@@ -252,13 +253,6 @@ class RouteTable:
         return self.config.settings
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
 def _message(err: Any) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown key (check its spelling and indentation)"
@@ -276,7 +270,7 @@ def parse(data: Any, source: str = "routes.yaml", environ: dict[str, str] | None
     try:
         cfg = RoutesConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([f"{_loc(e['loc'])}: {_message(e)}" for e in exc.errors()], source) from None
+        raise ConfigError([f"{dotted(e['loc']) or '(top level)'}: {_message(e)}" for e in exc.errors()], source) from None
     env = os.environ if environ is None else environ
     problems: list[str] = []
     warnings: list[str] = []

@@ -94,3 +94,19 @@ async def test_health_and_readiness(proxy):
             assert r.status == 200
         async with s.get(proxy.url + "/readyz") as r:
             assert r.status == 200 and (await r.json())["status"] == "ready"
+
+
+async def test_chunked_body_over_the_limit_is_refused_without_reading_it_all(proxy):
+    async def body():
+        for _ in range(1000):
+            yield b"x" * 1024   # 1 MB in chunks, no Content-Length; the limit is 2048 bytes
+    async with aiohttp.ClientSession() as s:
+        async with s.post(proxy.url + COMP, data=body(), headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 413
+            assert (await r.json())["error"]["code"] == "request_too_large"
+
+
+async def test_wrong_method_names_the_allowed_one(proxy):
+    async with aiohttp.ClientSession() as s:
+        async with s.get(proxy.url + COMP) as r:
+            assert r.status == 405 and r.headers["Allow"] == "POST"
