@@ -122,8 +122,9 @@ class Adapter:
         return ""
 
     def build_body(self, endpoint: str, body: dict[str, Any], vendor_model: str,
-                   want_usage: bool) -> dict[str, Any]:
-        """A new dict for the vendor; `body` itself is shared across attempts and left alone."""
+                   want_usage: bool, dropped: list[str] | None = None) -> dict[str, Any]:
+        """A new dict for the vendor; `body` itself is shared across attempts and left alone.
+        Hint fields left out are appended to `dropped`, for the caller to count."""
         takes = self.takes[endpoint]
         out: dict[str, Any] = {}
         for name, value in body.items():
@@ -133,7 +134,9 @@ class Adapter:
                 if not is_off(value, ANSWER_FIELDS[name]):
                     raise Unsupported(self.name, name, f"{self.kind} does not support it")
             elif name in HINT_FIELDS:
-                log.info("dropped hint name %r for provider %s", name, self.name)
+                log.info("dropped hint field %r for provider %s", name, self.name)
+                if dropped is not None:
+                    dropped.append(name)
             elif self.open_schema:
                 out[name] = value
             else:

@@ -90,6 +90,12 @@ class Metrics:
             ["provider", "reason"],
             registry=r,
         )
+        self.dropped_fields = Counter(
+            "router_dropped_fields_total",
+            "Hint-only request fields a provider cannot take, dropped (with a log note) rather than refused.",
+            ["provider", "field"],
+            registry=r,
+        )
         self.limit_rejections = Counter(
             "router_limit_rejections_total",
             "Requests refused or targets skipped by a rate limit or budget, by scope and limit.",

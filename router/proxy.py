@@ -65,8 +65,11 @@ class Proxy:
                 more = i + 1 < len(queue) or (round_ == 0 and bool(last_resort))
                 try:
                     # Translate before reserving anything: a refused field costs no quota or probe.
+                    dropped: list[str] = []
                     payload = orjson.dumps(target.adapter.build_body(norm.endpoint, norm.body, target.model,
-                                                                     want_usage=True))
+                                                                     want_usage=True, dropped=dropped))
+                    for name in dropped:
+                        self.metrics.dropped_fields.labels(target.provider, name).inc()
                 except Unsupported as exc:
                     # An upstream's own failure says more than "this one cannot take a field".
                     last = last or exc

@@ -184,3 +184,10 @@ def test_fractional_retry_after_is_sent_as_whole_seconds():
 def test_vendor_key_stays_out_of_reprs():
     settings = ProviderSettings("p", "http://127.0.0.1:1", "sk-very-secret", {})
     assert "sk-very-secret" not in repr(settings)
+
+
+async def test_dropped_hint_field_is_counted(proxy, vendors):
+    from router.edge import METRICS
+    await proxy.client().completions.create(model="via-poolside", prompt="x", user="u-1")
+    assert proxy.app[METRICS].registry.get_sample_value(
+        "router_dropped_fields_total", {"provider": "poolside", "field": "user"}) == 1
