@@ -3,15 +3,23 @@
 Not a test (pytest does not collect it): run by hand, it prints a table of ratios.
 
     python tests/bench/bench_proxy.py [--seconds 10] [--connections 32]
-    python tests/bench/bench_proxy.py --stream [--chunks 20]
+    python tests/bench/bench_proxy.py --stream [--chunks 20] [--gap-ms 0]
     python tests/bench/bench_proxy.py --litellm /tmp/litellm-venv/bin/litellm [--stream]
+
+The router runs from the installed (editable) tree, uncommitted edits included; to time the
+committed one instead, snapshot it and point --router-src at it:
+
+    mkdir -p /tmp/router-head && git archive HEAD router providers | tar -x -C /tmp/router-head
+    python tests/bench/bench_proxy.py --router-src /tmp/router-head
 
 Three or four processes on loopback: a canned OpenAI-shaped upstream (core 1), then in turn
 a bare aiohttp relay, the router and, when --litellm names its CLI, LiteLLM's proxy (each
 pinned to core 0), loaded by wrk (core 1). The relay does the least any proxy must: read the
 body, POST it upstream on a pooled session, return the answer (a stream is passed through
 as its bytes come: iter_any -> write). The differences between the contenders are what
-each one adds on top of that.
+each one adds on top of that. The request is POST /v1/chat/completions by default
+(--endpoint completions for /v1/completions; LiteLLM's proxy serves that legacy endpoint
+through a path that builds a new upstream client, so a new connection, per request).
 
 What it measures, per contender:
   req/s, p50, p99   wrk's numbers at --connections connections, core 0 saturated
@@ -22,13 +30,16 @@ Then the ratios against the relay, and the added CPU time per request (1/rps dif
 core 0 is saturated, so the time per request on it is 1/rps). With --stream the upstream
 answers `"stream": true` with --chunks SSE events of a few tokens each (the last one has
 finish_reason, a usage event follows when stream_options.include_usage asks for it, then
-`data: [DONE]`), and the added time is also given per chunk (divided by --chunks).
+`data: [DONE]`), and the added time is also given per chunk (divided by --chunks). With
+--gap-ms 0 the chunks are written back to back, so a busy relay often reads several in one
+go; --gap-ms 1 (with more --connections, e.g. 256, to keep core 0 busy) spaces them out
+as a real model does, which costs the relay a read and a write per chunk too.
 
 Before each timed run one request is checked by hand: status 200, and for a stream every
 chunk and `data: [DONE]` present, so a contender that answers fast but wrong shows up.
 
 LiteLLM (optional; installed apart, never vendored here): `python -m venv /tmp/litellm-venv
-&& /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`. It gets a generated config.yaml with
+&& /tmp/litellm-venv/bin/pip install 'litellm[proxy]'` (1.105.3 was the one measured). It gets a generated config.yaml with
 one model `m` -> `openai/m` whose api_base is the canned upstream and a dummy api_key; no
 callbacks, no retries, no database (spend and error logs off), LITELLM_LOG=ERROR,
 LITELLM_MODE=PRODUCTION and LITELLM_LOCAL_MODEL_COST_MAP=True (no fetch at startup), one
@@ -40,6 +51,7 @@ start without a master key, so one is generated and every contender is sent it a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import re
@@ -51,6 +63,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 UPSTREAM = textwrap.dedent('''
@@ -88,14 +101,17 @@ UPSTREAM = textwrap.dedent('''
         events, usage = STREAMS[chat]
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        for ev in events:
-            await resp.write(ev)
-            if GAP:
-                await asyncio.sleep(GAP)
-        if (req.get("stream_options") or {}).get("include_usage"):
-            await resp.write(usage)
-        await resp.write(b"data: [DONE]\\n\\n")
-        await resp.write_eof()
+        try:
+            for ev in events:
+                await resp.write(ev)
+                if GAP:
+                    await asyncio.sleep(GAP)
+            if (req.get("stream_options") or {}).get("include_usage"):
+                await resp.write(usage)
+            await resp.write(b"data: [DONE]\\n\\n")
+            await resp.write_eof()
+        except ConnectionError:  # wrk hangs up mid-stream when its time is up
+            pass
         return resp
     async def models(request):
         return web.json_response({"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "bench"}]})
@@ -195,6 +211,23 @@ def pinned(core: int, argv: list[str]) -> list[str]:
     return (["taskset", "-c", str(core)] if shutil.which("taskset") else []) + argv
 
 
+@contextlib.contextmanager
+def started(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A process for the length of the block, its output in log_path; ended (by its pid) after."""
+    with open(log_path, "wb") as log:
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        try:
+            yield p
+        finally:
+            p.terminate()
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
 def cpu_seconds(pid: int) -> float:
     """utime+stime of pid and all its descendants, from /proc."""
     children: dict[int, list[int]] = {}
@@ -238,17 +271,24 @@ def probe(port: int, path: str, body: bytes, key: str, stream: bool, chunks: int
     return f"200, {len(events)} events incl. [DONE]"
 
 
+def need(pattern: str, text: str) -> re.Match[str]:
+    m = re.search(pattern, text)
+    if m is None:
+        raise RuntimeError(f"no {pattern!r} in wrk's output:\n{text}")
+    return m
+
+
 def wrk(port: int, path: str, seconds: int, connections: int, script: Path) -> dict[str, float]:
     out = subprocess.run(pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
                                     "--latency", "-s", str(script), f"http://127.0.0.1:{port}{path}"]),
                          capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(need(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(need(r"(\d+) requests in", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     lat = {}
     for q in ("50", "99"):
-        m = re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)", out)
+        m = need(rf"\s{q}%\s+([\d.]+)(us|ms|s)", out)
         lat[q] = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
     return {"rps": rps, "requests": total, "p50_ms": lat["50"], "p99_ms": lat["99"],
             "non2xx": int(non2xx.group(1)) if non2xx else 0,
@@ -262,7 +302,8 @@ def main() -> int:
     ap.add_argument("--stream", action="store_true", help='request "stream": true; the upstream answers in SSE chunks')
     ap.add_argument("--chunks", type=int, default=20, help="SSE events with text per streamed answer (default 20)")
     ap.add_argument("--gap-ms", type=float, default=0.0, help="upstream pause between stream chunks (default 0)")
-    ap.add_argument("--chat", action="store_true", help="POST /v1/chat/completions instead of /v1/completions")
+    ap.add_argument("--endpoint", choices=["chat", "completions"], default="chat",
+                    help="POST /v1/chat/completions (default) or /v1/completions")
     ap.add_argument("--litellm", metavar="PATH", help="LiteLLM's CLI (from its own venv) to add as a third contender")
     ap.add_argument("--router-src", metavar="DIR", help="run the router from this source tree (PYTHONPATH) "
                     "instead of the installed one, e.g. a `git archive HEAD` snapshot")
@@ -271,19 +312,19 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
-    path = "/v1/chat/completions" if args.chat else "/v1/completions"
-    body = request_body(args.chat, args.stream)
+    chat = args.endpoint == "chat"
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    body = request_body(chat, args.stream)
     key = "sk-bench-" + secrets.token_hex(24)
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     (tmp / "up.py").write_text(UPSTREAM)
     (tmp / "relay.py").write_text(RELAY)
     (tmp / "req.lua").write_text(WRK_LUA % (key, body.decode()))
     up_port = free_port()
-    procs = [subprocess.Popen(pinned(1, [sys.executable, str(tmp / "up.py"), str(up_port), str(args.chunks),
-                                         str(args.gap_ms)]))]
     results: dict[str, dict[str, float]] = {}
-    try:
-        wait_port(up_port, procs[0])
+    with started(pinned(1, [sys.executable, str(tmp / "up.py"), str(up_port), str(args.chunks), str(args.gap_ms)]),
+                 tmp / "upstream.log") as up:
+        wait_port(up_port, up)
         (tmp / "routes.yaml").write_text(ROUTES % up_port)
         router_env = dict(os.environ)
         if args.router_src:
@@ -306,32 +347,19 @@ def main() -> int:
             contenders = {k: v for k, v in contenders.items() if k in keep}
         for name, (argv, env, start_timeout) in contenders.items():
             port = free_port()
-            log = open(tmp / f"{name}.log", "wb")
-            p = subprocess.Popen(pinned(0, [a.replace("{port}", str(port)) for a in argv]),
-                                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp)
-            try:
-                wait_port(port, p, start_timeout)
-                print(f"{name:8} probe: {probe(port, path, body, key, args.stream, args.chunks)}", flush=True)
-                wrk(port, path, 2, args.connections, tmp / "req.lua")  # warm-up
-                cpu0 = cpu_seconds(p.pid)
-                r = wrk(port, path, args.seconds, args.connections, tmp / "req.lua")
-                r["cpu_ms"] = 1000 * (cpu_seconds(p.pid) - cpu0) / max(r["requests"], 1)
-                results[name] = r
-            except Exception:
-                print(f"{name} failed; its log: {tmp / f'{name}.log'}", file=sys.stderr)
-                raise
-            finally:
-                p.terminate()
+            with started(pinned(0, [a.replace("{port}", str(port)) for a in argv]), tmp / f"{name}.log",
+                         env=env, cwd=tmp) as p:
                 try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-                log.close()
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait()
+                    wait_port(port, p, start_timeout)
+                    print(f"{name:8} probe: {probe(port, path, body, key, args.stream, args.chunks)}", flush=True)
+                    wrk(port, path, 2, args.connections, tmp / "req.lua")  # warm-up
+                    cpu0 = cpu_seconds(p.pid)
+                    r = wrk(port, path, args.seconds, args.connections, tmp / "req.lua")
+                    r["cpu_ms"] = 1000 * (cpu_seconds(p.pid) - cpu0) / max(r["requests"], 1)
+                    results[name] = r
+                except Exception:
+                    print(f"{name} failed; its log: {tmp / f'{name}.log'}", file=sys.stderr)
+                    raise
 
     mode = f"stream, {args.chunks} chunks" + (f", {args.gap_ms:g} ms apart" if args.gap_ms else "") \
         if args.stream else "non-stream"
