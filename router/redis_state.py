@@ -314,6 +314,7 @@ class RedisState:
     # ---- the SharedState interface ----------------------------------------------------
     async def admit(self, adm: Admission, target_ids: Sequence[str]) -> tuple[Grant, dict[str, TargetHealth]]:
         now, rid, checks = self._clock(), self._rid(), plan_checks(adm)
+        undo: tuple[Check, ...] = ()
         if self._available():
             try:
                 usages, summaries = await self._call("admit", self._admit(checks, target_ids, now, rid))
@@ -321,14 +322,18 @@ class RedisState:
                 count_rejection(self._metrics, e.check)
                 raise
             except _Unavailable:
-                pass
+                # A timed-out script may still have run: settle must free its concurrency
+                # slot (removing an absent one is a no-op), or the key stays locked for a lease.
+                undo = tuple(c for c in checks if c.kind == CONCURRENT)
             else:
                 grant = Grant(headers_for(checks, usages), rid, adm.key, tuple(checks), max(0, adm.tokens), "redis")
                 return grant, self._views(target_ids, summaries, now)
         if checks and not self._s.fail_open:
+            if undo:
+                await self.settle(Grant({}, rid, adm.key, undo, 0, "redis"), None, None, 0.0)
             raise state_unavailable(self._reason)
         # fail open: no limits, but the spend still reaches Redis (queued) at settle
-        return Grant({}, rid, adm.key, (), max(0, adm.tokens), "redis"), await self._local.health(target_ids)
+        return Grant({}, rid, adm.key, undo, max(0, adm.tokens), "redis"), await self._local.health(target_ids)
 
     async def reserve_target(self, target_id: str, limits: LimitSpec, tokens: int) -> TargetGrant | None:
         now, rid, checks = self._clock(), self._rid(), target_checks(target_id, limits, tokens)

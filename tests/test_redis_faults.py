@@ -252,3 +252,60 @@ def test_a_missing_redis_server_fails_in_ci_and_skips_locally(monkeypatch, ci, o
         monkeypatch.setenv("CI", ci)
     with pytest.raises(outcome, match="not installed"):
         need("redis-server-that-does-not-exist")
+
+
+class SlowReplies:
+    """A loopback TCP relay to Redis that delays every reply: commands run at once, their
+    answers arrive late, as over a congested network."""
+
+    def __init__(self, port: int, delay: float) -> None:
+        self.port, self.delay = port, delay
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, delayed: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if delayed and self.delay:
+                        await asyncio.sleep(self.delay)
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_admit_that_timed_out_but_ran_frees_its_concurrency_slot(redis_server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = redis_server_factory()
+    slow = SlowReplies(server.port, delay=0)
+    one_slot = adm(rpm=None, concurrent=1)
+    a = create_state(await slow.start(), StateSettings(**QUICK))
+    b = create_state(server.url, StateSettings(**QUICK))
+    try:
+        await a.settle(*(await a.admit(one_slot, []))[:1], None, None, 0.0)  # connected, script loaded
+        slow.delay = 0.3
+        grant, _ = await a.admit(one_slot, [])  # runs on Redis, but its answer comes too late
+        await asyncio.sleep(0.35)
+        with pytest.raises(LimitExceeded):
+            await b.admit(one_slot, [])  # the script did take the slot
+        slow.delay = 0
+        await a.settle(grant, None, None, 0.0)  # the request ended: its slot must come back
+        await until(lambda: recovered(a))
+        await until(lambda: _admitted(b, one_slot))
+    finally:
+        await a.close()
+        await b.close()
+        await slow.close()
