@@ -1,7 +1,8 @@
 """Server-Sent Events, read and written on the per-chunk path: keep every step here thin.
 
-Reading goes line by line over aiohttp's buffered reader, so an event split across TCP
-segments (or a multi-byte character split across them) is reassembled before parsing.
+Reading goes by network read, not by line: each read yields the `data` payloads of the
+events it completed, so the relay can answer a burst of events with one write. An event
+split across reads (or a multi-byte character split across them) waits in the buffer.
 """
 
 from __future__ import annotations
@@ -12,21 +13,40 @@ import orjson
 from aiohttp import StreamReader
 
 DONE = b"data: [DONE]\n\n"
+# An event larger than this without a blank line to end it is not an SSE stream.
+MAX_EVENT_BYTES = 8 * 1024 * 1024
 
 
-async def events(reader: StreamReader) -> AsyncIterator[bytes]:
-    """Yield the `data` payload of each event; comments, ids and retry hints are skipped."""
-    data: list[bytes] = []
-    async for line in reader:
-        line = line.rstrip(b"\r\n")
-        if not line:
-            if data:
-                yield data[0] if len(data) == 1 else b"\n".join(data)
-                data = []
-        elif line.startswith(b"data:"):
-            data.append(line[6:] if line[5:6] == b" " else line[5:])
-    if data:
-        yield data[0] if len(data) == 1 else b"\n".join(data)
+class SSEError(ValueError):
+    """The upstream's bytes cannot be an SSE stream."""
+
+
+def _payload(event: bytes) -> bytes | None:
+    """The `data` of one event; comments, ids and retry hints are skipped."""
+    if event.startswith(b"data:") and b"\n" not in event:   # the common case: one data line
+        return event[6:] if event[5:6] == b" " else event[5:]
+    data = [line[6:] if line[5:6] == b" " else line[5:] for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(data) if data else None
+
+
+async def event_batches(reader: StreamReader) -> AsyncIterator[list[bytes]]:
+    """Yield, per network read, the payloads of the events that read completed."""
+    buf = b""
+    async for chunk in reader.iter_any():
+        buf += chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        if b"\n\n" not in buf:
+            if len(buf) > MAX_EVENT_BYTES:
+                raise SSEError(f"an event of over {MAX_EVENT_BYTES} bytes")
+            continue
+        *events, buf = buf.split(b"\n\n")
+        batch = [p for p in map(_payload, events) if p is not None]
+        if batch:
+            yield batch
+    tail = _payload(buf.strip(b"\n")) if buf.strip() else None
+    if tail is not None:
+        yield [tail]
 
 
 def encode(obj: Any) -> bytes:

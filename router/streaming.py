@@ -25,7 +25,7 @@ from router.exchange import Exchange
 from router.metrics import Metrics
 from router.normalize import Normalized
 from router.routes import Target
-from router.sse import DONE, encode, events
+from router.sse import DONE, encode, event_batches
 
 log = logging.getLogger("router.stream")
 
@@ -47,14 +47,15 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     provider = target.provider
     endpoint = norm.endpoint
     keep_usage = norm.include_usage
-    upstream = events(resp.content).__aiter__()
+    upstream = event_batches(resp.content).__aiter__()
 
     try:
-        first = await anext(upstream, None)
+        batch = await anext(upstream, None)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise transport_error(provider, exc) from None
     except (HttpProcessingError, ValueError):
         raise bad_upstream_body(provider, "a stream that could not be read") from None
+    first = batch[0] if batch else None
     if first is None or first == b"[DONE]":
         raise bad_upstream_body(provider, "a stream with no events")
     obj = _load(first)
@@ -93,23 +94,33 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     done = False
     try:
         try:
-            chunk = shape(obj)
-            if chunk:
-                await response.write(chunk)
-            async for data in upstream:
-                if data == b"[DONE]":
-                    done = True
+            first_out = shape(obj)
+            rest: list[bytes] = batch[1:] if batch else []   # events that came in the same read
+            while True:
+                out = [first_out] if first_out else []
+                first_out = None
+                for data in rest:
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    obj = _load(data)
+                    if obj is None:
+                        failure = _broken(provider, "sent a stream event that is not JSON", "upstream_bad_response")
+                        break
+                    if "error" in obj:
+                        failure = adapter.map_error(500, {}, data).error
+                        break
+                    chunk = shape(obj)
+                    if chunk:
+                        out.append(chunk)
+                if out:   # one write per upstream read, however many events it carried
+                    await response.write(out[0] if len(out) == 1 else b"".join(out))
+                if done or failure is not None:
                     break
-                obj = _load(data)
-                if obj is None:
-                    failure = _broken(provider, "sent a stream event that is not JSON", "upstream_bad_response")
+                nxt = await anext(upstream, None)
+                if nxt is None:
                     break
-                if "error" in obj:
-                    failure = adapter.map_error(500, {}, data).error
-                    break
-                chunk = shape(obj)
-                if chunk:
-                    await response.write(chunk)
+                rest = nxt
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:

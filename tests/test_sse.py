@@ -1,0 +1,60 @@
+"""SSE reading: whole events however the bytes are split, one batch per read."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import aiohttp
+from aiohttp import web
+
+from router.sse import MAX_EVENT_BYTES, SSEError, event_batches
+
+STREAM = ('data: {"a": "caf\u00e9"}\n\n'
+          ": a comment line\n\n"
+          "event: message\r\nid: 7\r\ndata: {\"b\": 1}\r\n\r\n"
+          "data: line one\ndata: line two\n\n"
+          "data:[DONE]\n\n").encode()
+EXPECTED = [b'{"a": "caf\xc3\xa9"}', b'{"b": 1}', b"line one\nline two", b"[DONE]"]
+
+
+async def read_all(pieces: list[bytes]) -> list[list[bytes]]:
+    """Serve `pieces` as separate writes on a real loopback socket; read them as the relay does."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for p in pieces:
+            await resp.write(p)
+            await asyncio.sleep(0.001)   # a separate TCP segment, most of the time
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{runner.addresses[0][1]}/") as r:
+            return [batch async for batch in event_batches(r.content)]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64, len(STREAM)])
+async def test_events_survive_any_split_of_the_bytes(size):
+    pieces = [STREAM[i:i + size] for i in range(0, len(STREAM), size)]
+    batches = await read_all(pieces)
+    assert [p for b in batches for p in b] == EXPECTED
+
+
+async def test_one_read_with_many_events_is_one_batch():
+    assert await read_all([STREAM]) == [EXPECTED]
+
+
+async def test_a_last_event_without_its_blank_line_is_still_read():
+    assert await read_all([b"data: x\n\ndata: y"]) == [[b"x"], [b"y"]]
+
+
+async def test_an_endless_event_is_refused():
+    with pytest.raises(SSEError):
+        await read_all([b"data: " + b"x" * (MAX_EVENT_BYTES + 10)])
