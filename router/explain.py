@@ -43,7 +43,7 @@ def explain(table: RouteTable, body: Any, key_name: str | None = None, endpoint:
 
 def _explain(table: RouteTable, body: dict[str, Any], key_name: str | None, endpoint: str,
              headers: CIMultiDict[str], lines: list[str]) -> None:
-    norm = normalize(endpoint, orjson.dumps(body))
+    norm = normalize(endpoint, orjson.dumps(body), table.settings.default_max_tokens)
     lines.append("request:  " + _request(table, norm))
     key = _key(table, key_name, lines)
     if key is not None:

@@ -42,7 +42,7 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     table = request.app[ROUTES].table
     key = _authenticate(request, table)
     raw = await _read_body(request, table.settings.max_body_bytes)
-    norm = normalize(endpoint, raw)
+    norm = normalize(endpoint, raw, table.settings.default_max_tokens)
     ex.stream = norm.stream
     if request.app[SETTINGS].log_prompts:
         ex.prompt = norm.body.get("messages", norm.body.get("prompt"))
@@ -54,7 +54,7 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
         ex.model = names[0]
     ids = target_ids(table, names)
     group = table.groups[names[0]]
-    tokens = norm.prompt_tokens + (norm.max_tokens or table.settings.default_max_tokens)
+    tokens = norm.prompt_tokens + (norm.max_tokens or 0)
     admission = Admission(key.name if key else None, key.limits if key else None, key.budget if key else None,
                           group.name, group.limits, tokens)
     proxy = request.app[PROXY]

@@ -29,7 +29,9 @@ class Normalized:
     prompt_tokens: int
 
 
-def normalize(endpoint: str, raw: bytes) -> Normalized:
+def normalize(endpoint: str, raw: bytes, default_max_tokens: int | None = None) -> Normalized:
+    """`max_tokens` of the result is the request's own, else `default_max_tokens`: the one
+    figure limits, rules and the cost strategy all reckon the answer's length by."""
     if not raw:
         raise bad_request("The request body is empty; send a JSON object.")
     try:
@@ -63,6 +65,7 @@ def normalize(endpoint: str, raw: bytes) -> Normalized:
         prompt_tokens = _estimate_messages(req)
     else:
         prompt_tokens = _estimate_prompt(req.prompt)
+    max_tokens = max_tokens or default_max_tokens
     return Normalized(endpoint, body, names, stream, include_usage, max_tokens, prompt_tokens)
 
 

@@ -19,8 +19,8 @@ from router.normalize import Normalized
 if TYPE_CHECKING:
     from router.routes import Target
 
-# When a request does not bound its answer, the cost strategy assumes this many output
-# tokens (the default of settings.default_max_tokens); only the ratio between targets matters.
+# Without a request to reckon by (planning offline), the cost strategy assumes this many
+# output tokens; a request's own Normalized.max_tokens already carries the routes default.
 ASSUMED_OUTPUT_TOKENS = 1024
 
 

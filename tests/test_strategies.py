@@ -252,3 +252,13 @@ async def test_proxy_streams_to_the_first_to_a_token_and_answers_whole_from_the_
     moved, kept = ("ttft_ewma", "latency_ewma") if stream else ("latency_ewma", "ttft_ewma")
     assert getattr(after, moved) != getattr(before, moved)
     assert getattr(after, kept) == getattr(before, kept)
+
+
+@pytest.mark.parametrize(("default_max_tokens", "cheapest"), [(10, "b"), (100_000, "a")])
+def test_cost_reckons_an_unbounded_answer_by_the_routes_default(default_max_tokens, cheapest):
+    # a: dear input, cheap output; b: the reverse. For a 1,000-token prompt without max_tokens,
+    # a short default answer makes the input price decide (b), a long one the output price (a).
+    tab = table({"g": group("cost", [t("a", price={"input": 9, "output": 1}), t("b", price={"input": 1, "output": 9})])})
+    norm = normalize("completions", orjson.dumps({"model": "g", "prompt": "x" * 4000}), default_max_tokens)
+    assert norm.max_tokens == default_max_tokens
+    assert plan(tab, ["g"], norm)[0].target.provider == cheapest
