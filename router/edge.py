@@ -97,7 +97,7 @@ def record(metrics: Metrics, ex: Exchange) -> None:
     total = time.monotonic() - ex.started
     stream = "true" if ex.stream else "false"
     provider = ex.provider or "none"
-    ex.cost_usd = cost = ex.cost()
+    cost = ex.cost()
     metrics.requests.labels(ex.model, provider, ex.key, ex.endpoint, stream, f"{ex.status // 100}xx").inc()
     metrics.request_duration.labels(ex.model, provider, ex.endpoint, stream).observe(total)
     metrics.overhead.labels(ex.endpoint, stream).observe(max(0.0, total - ex.upstream_s))

@@ -47,7 +47,6 @@ class Exchange:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
-    cost_usd: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)   # extra response headers (rate limits)
     price: Price | None = None    # of the target that served
     committed: bool = False       # a stream's headers went out: no other response is possible
