@@ -16,7 +16,8 @@ from router.proxy import Proxy
 from router.reload import Routes, install_sighup
 from router.routes import RouteTable, load
 from router.settings import SETTINGS, ServeSettings
-from router.state import StateSettings, create_state
+from router.backends import create_state
+from router.state import StateSettings
 
 # aiohttp reads the whole body before a handler runs; the routes table's own (reloadable)
 # max_body_bytes is enforced in the handler, this only bounds the worst case.
@@ -50,7 +51,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 async def _shared_state(app: web.Application) -> AsyncIterator[None]:
     """Limits and health: Redis when REDIS_URL is set, else this process alone."""
     settings = app[SETTINGS]
-    state = create_state(settings.redis_url, StateSettings(fail_open=settings.fail_open), app[METRICS])
+    state = create_state(settings.redis_url, StateSettings(fail_open=settings.fail_open, redis_timeout_s=settings.redis_timeout_s), app[METRICS])
     app[STATE] = state
     yield
     await state.close()
@@ -61,9 +62,8 @@ async def _client_session(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10),
                                     auto_decompress=True, raise_for_status=False, skip_auto_headers=("User-Agent",))
-    proxy = app[PROXY] = Proxy(session, app[METRICS], app[STATE])
+    app[PROXY] = Proxy(session, app[METRICS], app[STATE])
     yield
-    await proxy.background.drain(5.0)
     await session.close()
 
 

@@ -53,6 +53,8 @@ class Exchange:
     served: bool = False          # an upstream answer (or a stream's first event) arrived
     healthy: list[tuple[str, float]] = field(default_factory=list)   # (target id, latency) of good attempts
     target_grant: TargetGrant | None = None
+    probes: list[str] = field(default_factory=list)    # targets this request holds a half-open probe slot of
+    judged: set[str] = field(default_factory=set)      # targets an attempt gave a health verdict on
     prompt: Any = None            # only with ROUTER_LOG_PROMPTS (debugging): logged, never counted
 
     def cost(self) -> float:

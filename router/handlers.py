@@ -64,7 +64,7 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
         candidates = plan(table, names, norm, health, decision.strategy)
         return await proxy.serve(request, ex, norm, candidates, health, tokens)
     finally:
-        await proxy.settle(ex, grant)
+        proxy.settle(ex, grant)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

@@ -154,13 +154,22 @@ class CircuitRecord:
         self.pb += 1
         return True
 
+    def release_probe(self) -> None:
+        """A probe that ended without a verdict (the client's own error, or cancelled) gives
+        its slot back; the circuit stays half-open for the next probe to decide."""
+        if self.st == HALF_OPEN and self.pb > 0:
+            self.pb -= 1
+
     def record(
-        self, ok: bool, latency_s: float | None, now: float, s: HealthSettings, stream: bool = False
+        self, ok: bool, latency_s: float | None, now: float, s: HealthSettings, stream: bool = False,
+        probe: bool = False,
     ) -> tuple[str, str]:
         """Apply one attempt's outcome; returns (state before, state after).
         Latency feeds an EWMA on success only (a failure's timing, a timeout or an instant
         500, says nothing about how fast the target answers): a stream's time to first
-        event feeds tt, a whole answer's latency ew."""
+        event feeds tt, a whole answer's latency ew. Only a half-open circuit's own probe
+        moves it: an attempt begun before it opened, or sent as a last resort, is counted
+        but decides nothing."""
         before = self.effective_state(now, s)
         if ok and latency_s is not None:
             a, old = s.ewma_alpha, self.tt if stream else self.ew
@@ -178,7 +187,9 @@ class CircuitRecord:
         self.buckets[k] = (cur, n + 1, e + (0 if ok else 1))
         self.cf = 0 if ok else self.cf + 1
         after = before
-        if before == HALF_OPEN:
+        if before == HALF_OPEN and not probe:
+            pass
+        elif before == HALF_OPEN:
             if ok:
                 after, self.st, self.cf, self.pb = CLOSED, CLOSED, 0, 0
                 self.buckets.clear()  # a fresh start: the failures that opened it are history
@@ -225,25 +236,43 @@ local function probe(h, nows, cooldown, probes, apply)
 end
 """
 
-# KEYS: health hashes; ARGV: error bucket, #buckets.
-LUA_HEALTH = """
-local out = {}
-for i = 1, #KEYS do out[i] = summary(KEYS[i], tonumber(ARGV[1]), tonumber(ARGV[2])) end
-return out
+# The current time for a script: the caller's clock when it passes one (tests move it),
+# else Redis's own TIME, so every replica's windows and cooldowns share one clock.
+LUA_NOW = """
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', t[2])
+end
 """
 
-# KEYS[1]: health hash. ARGV: now, ok, latency, alpha, failure threshold, error-rate
-# threshold, min samples, cooldown, error bucket, #buckets, ttl, stream. CircuitRecord.record.
+# KEYS: health hashes; ARGV: now, error bucket width s, #buckets. Returns {now, {summary}*}.
+LUA_HEALTH = """
+local nows = clock(ARGV[1])
+local cur = math.floor(tonumber(nows) / tonumber(ARGV[2]))
+local out = {}
+for i = 1, #KEYS do out[i] = summary(KEYS[i], cur, tonumber(ARGV[3])) end
+return {nows, out}
+"""
+
+# KEYS[1]: health hash. ARGV: now, ok ('1', '0', or '' for no verdict), latency, alpha,
+# failure threshold, error-rate threshold, min samples, cooldown, error bucket width s,
+# #buckets, ttl, stream, probe. CircuitRecord.record (and release_probe for no verdict).
 LUA_RECORD = """
-local h, nows = KEYS[1], ARGV[1]
+local h, nows = KEYS[1], clock(ARGV[1])
 local now, ok, lat = tonumber(nows), ARGV[2] == '1', tonumber(ARGV[3])
 local alpha, fth, rth, mins = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local cool, cur, nb = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local lf = ARGV[12] == '1' and 'tt' or 'ew'
-local st, oa, cf, avg = unpack(redis.call('HMGET', h, 'st', 'oa', 'cf', lf))
+local cool, nb = tonumber(ARGV[8]), tonumber(ARGV[10])
+local cur = math.floor(now / tonumber(ARGV[9]))
+local lf, is_probe = ARGV[12] == '1' and 'tt' or 'ew', ARGV[13] == '1'
+local st, oa, cf, avg, pb = unpack(redis.call('HMGET', h, 'st', 'oa', 'cf', lf, 'pb'))
 st, cf = st or 'closed', tonumber(cf or '0')
 local before = st
 if st == 'open' and now - tonumber(oa or '0') >= cool then before = 'half_open' end
+if ARGV[2] == '' then
+  if is_probe and st == 'half_open' and tonumber(pb or '0') > 0 then redis.call('HINCRBY', h, 'pb', -1) end
+  return {before, before}
+end
 if ok and lat then
   avg = tonumber(avg)
   if avg then avg = alpha * lat + (1 - alpha) * avg else avg = lat end
@@ -253,9 +282,11 @@ local k = cur % nb
 local bi, bn, be = unpack(redis.call('HMGET', h, 'i' .. k, 'n' .. k, 'e' .. k))
 if tonumber(bi) ~= cur then bn, be = 0, 0 end
 if ok then cf = 0 else cf = cf + 1 end
-redis.call('HSET', h, 'i' .. k, ARGV[9], 'n' .. k, tonumber(bn) + 1, 'e' .. k, tonumber(be) + (ok and 0 or 1), 'cf', cf)
+redis.call('HSET', h, 'i' .. k, cur, 'n' .. k, tonumber(bn) + 1, 'e' .. k, tonumber(be) + (ok and 0 or 1), 'cf', cf)
 local after = before
-if before == 'half_open' and ok then
+if before == 'half_open' and not is_probe then
+  after = before
+elseif before == 'half_open' and ok then
   after = 'closed'
   redis.call('HSET', h, 'st', 'closed', 'cf', 0, 'pb', 0)
   for j = 0, nb - 1 do redis.call('HDEL', h, 'i' .. j, 'n' .. j, 'e' .. j) end

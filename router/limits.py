@@ -245,18 +245,25 @@ def state_unavailable(reason: str) -> RouterError:
 
 
 # ---- the check-and-charge in Lua, for the Redis backend (redis_state.py runs them) ------
-# The rules of MemoryState._try (state.py): evaluate every check, then charge all or none.
+# The rules of MemoryState._try (memory_state.py): evaluate every check, then charge all or none.
 
-# KEYS: each check's keys (tpm: zset + hash; others one), then health hashes (or the one
-# to claim a probe on). ARGV: now, cutoff, rid, lease deadline, window ms, lease ms,
-# #checks, probe mode, cooldown, probes, error bucket, #buckets, then kind/limit/amount.
-# Returns {1, {remaining, reset_ms}*, {summary}*, probe} or {0, check# (0: probe), retry_ms, reset_ms}.
+# KEYS: each check's keys (tpm: time zset + amounts hash + ledger zset; others one), then
+# health hashes (or the one to claim a probe on). ARGV: now ('' = Redis's own TIME, so every
+# replica's windows share one clock), rid, window ms, lease ms, #checks, probe mode, cooldown,
+# probes, error bucket width s, #buckets, then kind/limit/amount per check.
+# Returns {1, {remaining, reset_ms}*, {summary}*, probe, now} or {0, check# (0: probe), retry_ms, reset_ms}.
+# tpm's ledger scores each entry by the running total reserved before it, so the moment
+# enough tokens leave the window is one range lookup (O(log n)), not a walk of the window;
+# it counts reserved amounts, so after settles shrank them the retry hint may come early.
 LUA_ADMIT = """
-local nows, cutoff, rid, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now, win_ms, lease_ms, n = tonumber(nows), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local probing, cooldown, probes = ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
-local cur, nb, W = tonumber(ARGV[11]), tonumber(ARGV[12]), win_ms / 1000
-local function used_tokens(z, h)
+local nows, rid = clock(ARGV[1]), ARGV[2]
+local now, win_ms, lease_ms, n = tonumber(nows), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local probing, cooldown, probes = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8])
+local width, nb, W = tonumber(ARGV[9]), tonumber(ARGV[10]), win_ms / 1000
+local cur = math.floor(now / width)
+local cutoff = string.format('%.6f', now - W)
+local lease = string.format('%.6f', now + lease_ms / 1000)
+local function used_tokens(z, h, l)
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
   if #old > 0 then
     local sub = 0
@@ -264,6 +271,7 @@ local function used_tokens(z, h)
       local chunk = {unpack(old, i, math.min(i + 499, #old))}
       for _, a in ipairs(redis.call('HMGET', h, unpack(chunk))) do if a then sub = sub + tonumber(a) end end
       redis.call('HDEL', h, unpack(chunk))
+      redis.call('ZREM', l, unpack(chunk))
     end
     redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
     if sub ~= 0 then redis.call('HINCRBY', h, '_', -sub) end
@@ -276,7 +284,7 @@ local function reset_ms(z)
   if #first == 0 then return 0 end
   return until_ms(first[2])
 end
-local function retry_ms(kind, z, h, used, amount, limit)
+local function retry_ms(kind, z, l, used, amount, limit)
   if kind == 'concurrent' then return 1000 end
   if amount > limit then return win_ms end
   local excess = used + amount - limit
@@ -285,33 +293,27 @@ local function retry_ms(kind, z, h, used, amount, limit)
     if #e == 0 then return win_ms end
     return until_ms(e[2])
   end
-  local start = 0
-  while true do
-    local e = redis.call('ZRANGE', z, start, start + 199, 'WITHSCORES')
-    if #e == 0 then return win_ms end
-    local ids = {}
-    for i = 1, #e, 2 do ids[#ids + 1] = e[i] end
-    local amts = redis.call('HMGET', h, unpack(ids))
-    for i = 1, #ids do
-      excess = excess - tonumber(amts[i] or '0')
-      if excess <= 0 then return until_ms(e[2 * i]) end
-    end
-    start = start + 200
-  end
+  local first = redis.call('ZRANGE', l, 0, 0, 'WITHSCORES')
+  if #first == 0 then return win_ms end
+  local e = redis.call('ZREVRANGEBYSCORE', l, '(' .. string.format('%d', tonumber(first[2]) + excess), '-inf', 'LIMIT', 0, 1)
+  if #e == 0 then return win_ms end
+  local t = redis.call('ZSCORE', z, e[1])
+  if not t then return win_ms end
+  return until_ms(t)
 end
-local plan, ki, ai = {}, 1, 13
+local plan, ki, ai = {}, 1, 11
 for c = 1, n do
   local kind, limit, amount = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
   ai = ai + 3
-  local z, h = KEYS[ki], false
+  local z, h, l = KEYS[ki], false, false
   ki = ki + 1
-  if kind == 'tpm' then h = KEYS[ki]; ki = ki + 1 end
+  if kind == 'tpm' then h, l = KEYS[ki], KEYS[ki + 1]; ki = ki + 2 end
   local used
   if kind == 'rpm' then
     redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
     used = redis.call('ZCARD', z)
   elseif kind == 'tpm' then
-    used = used_tokens(z, h)
+    used = used_tokens(z, h, l)
   elseif kind == 'concurrent' then
     redis.call('ZREMRANGEBYSCORE', z, '-inf', nows)
     used = redis.call('ZCARD', z)
@@ -322,14 +324,14 @@ for c = 1, n do
   if used + amount > limit then
     local r = 0
     if kind ~= 'concurrent' then r = reset_ms(z) end
-    return {0, c, retry_ms(kind, z, h, used, amount, limit), r}
+    return {0, c, retry_ms(kind, z, l, used, amount, limit), r}
   end
-  plan[c] = {kind, z, h, amount, limit - used - amount}
+  plan[c] = {kind, z, h, l, amount, limit - used - amount}
 end
 if probing and probe(KEYS[ki], nows, cooldown, probes, false) == 0 then return {0, 0, 0, 0} end
 local usages = {}
 for c = 1, n do
-  local kind, z, h, amount, left = unpack(plan[c])
+  local kind, z, h, l, amount, left = unpack(plan[c])
   local reset = 0
   if kind == 'rpm' or kind == 'tpm' then
     redis.call('ZADD', z, nows, rid)
@@ -337,7 +339,10 @@ for c = 1, n do
     if h then
       redis.call('HSET', h, rid, amount)
       redis.call('HINCRBY', h, '_', amount)
+      local total = redis.call('HINCRBY', h, '#', amount)
       redis.call('PEXPIRE', h, win_ms)
+      redis.call('ZADD', l, total - amount, rid)
+      redis.call('PEXPIRE', l, win_ms)
     end
     reset = reset_ms(z)
   elseif kind == 'concurrent' then
@@ -352,11 +357,13 @@ if probing then
 else
   for i = ki, #KEYS do health[#health + 1] = summary(KEYS[i], cur, nb) end
 end
-return {1, usages, health, claimed}
+return {1, usages, health, claimed, nows}
 """
 
 # KEYS: each op's keys; ARGV: #ops, then kind/rid/a/b per op: tpm -> tokens a ("refund"
-# drops the entry), rpm/concurrent -> drop the entry, spend -> INCRBY a, PEXPIRE b.
+# drops the entry), rpm/concurrent -> drop the entry, spend (keys: day, month, a marker per
+# reservation) -> INCRBY a on both, once per reservation however often replayed; b is the
+# day's TTL (ms), the month's is 21 times it.
 LUA_SETTLE = """
 local ki, ai = 1, 2
 for c = 1, tonumber(ARGV[1]) do
@@ -364,11 +371,12 @@ for c = 1, tonumber(ARGV[1]) do
   local z = KEYS[ki]
   ai, ki = ai + 4, ki + 1
   if kind == 'tpm' then
-    local h = KEYS[ki]
-    ki = ki + 1
+    local h, l = KEYS[ki], KEYS[ki + 1]
+    ki = ki + 2
     local cur = redis.call('HGET', h, rid)
     if cur and a == 'refund' then
       redis.call('ZREM', z, rid)
+      redis.call('ZREM', l, rid)
       redis.call('HDEL', h, rid)
       redis.call('HINCRBY', h, '_', -tonumber(cur))
     elseif cur then
@@ -376,8 +384,14 @@ for c = 1, tonumber(ARGV[1]) do
       redis.call('HINCRBY', h, '_', tonumber(a) - tonumber(cur))
     end
   elseif kind == 'spend' then
-    redis.call('INCRBY', z, a)
-    redis.call('PEXPIRE', z, b)
+    local month, marker = KEYS[ki], KEYS[ki + 1]
+    ki = ki + 2
+    if redis.call('SET', marker, '1', 'NX', 'PX', b) then
+      redis.call('INCRBY', z, a)
+      redis.call('PEXPIRE', z, b)
+      redis.call('INCRBY', month, a)
+      redis.call('PEXPIRE', month, b * 21)
+    end
   else
     redis.call('ZREM', z, rid)
   end

@@ -18,7 +18,6 @@ from aiohttp import web
 from tenacity import RetryCallState
 
 from providers.base import Action, UpstreamError, Unsupported, bad_upstream_body, transport_error
-from router.background import Background
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
@@ -46,7 +45,6 @@ class Proxy:
         self.session = session
         self.metrics = metrics
         self.state = state
-        self.background = Background()
 
     async def serve(self, request: web.Request, ex: Exchange, norm: Normalized, candidates: list[Candidate],
                     health: Mapping[str, TargetHealth] | None = None, tokens: int = 0) -> web.StreamResponse:
@@ -84,6 +82,8 @@ class Proxy:
                             last_resort.append(cand)
                         self._leave(ex, target, "unavailable", more)
                         continue
+                    if grant.probe:
+                        ex.probes.append(target.id)
                 try:
                     response = await self._try_target(request, ex, norm, cand, payload, deadline, cap)
                     ex.target_grant = grant
@@ -97,7 +97,7 @@ class Proxy:
                         # Abandoned (or the client left): its request counts, its tokens settle
                         # to what the vendor reported, or stay reserved if it answered unreported.
                         used = ex.prompt_tokens + ex.completion_tokens
-                        self.background.spawn(self.state.release_target(grant, used or (None if ex.served else 0)))
+                        self.state.settle_soon(None, grant, used or (None if ex.served else 0), 0.0)
                 self._leave(ex, target, reason, more)
             if not last_resort:
                 break
@@ -136,23 +136,21 @@ class Proxy:
                 return await self._attempt(request, ex, norm, cand, payload, deadline)
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
-    async def settle(self, ex: Exchange, grant: Grant) -> None:
+    def settle(self, ex: Exchange, grant: Grant) -> None:
         """After the answer (a stream's end, or its breaking off): charge real usage, free the
-        concurrency slot, record healthy attempts. Off the client's time when it means I/O."""
+        concurrency slot, record healthy attempts, free the slot of a probe that reached no
+        verdict. Sent without waiting: on Redis it rides along with the next batch."""
         if ex.prompt_tokens or ex.completion_tokens:
             actual: int | None = ex.prompt_tokens + ex.completion_tokens
         else:
             actual = None if ex.served else 0   # served without usage: keep the reservation
-        work = self._settle(ex, grant, actual, ex.cost())
-        if self.state.local:
-            await work
-        else:
-            self.background.spawn(work)
-
-    async def _settle(self, ex: Exchange, grant: Grant, actual: int | None, cost: float) -> None:
+        state = self.state
         for target_id, latency in ex.healthy:
-            await self.state.record(target_id, True, latency, ex.stream)
-        await self.state.settle(grant, ex.target_grant, actual, cost)
+            state.record_soon(target_id, True, latency, ex.stream, target_id in ex.probes)
+        for target_id in ex.probes:
+            if target_id not in ex.judged:
+                state.record_soon(target_id, None, None, ex.stream, True)
+        state.settle_soon(grant, ex.target_grant, actual, ex.cost())
 
     def _leave(self, ex: Exchange, target: Target, reason: str, more: bool) -> None:
         ex.fallbacks.append(f"{target.provider}:{reason}")
@@ -241,5 +239,7 @@ class Proxy:
         self.metrics.upstream_duration.labels(target.provider, outcome).observe(elapsed)
         if outcome == "ok":
             ex.healthy.append((target.id, elapsed))   # recorded when the request settles
+            ex.judged.add(target.id)
         elif outcome in UNHEALTHY:
-            self.background.spawn(self.state.record(target.id, False, None, ex.stream))
+            self.state.record_soon(target.id, False, None, ex.stream, target.id in ex.probes)
+            ex.judged.add(target.id)

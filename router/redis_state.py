@@ -1,69 +1,56 @@
 """Shared state in Redis (standalone or Cluster), one Lua script per decision.
 
 Key layout (prefix "router"; the {hash tag} keeps one scope's counters on one slot):
-  router:{k:<key>}:rpm / :tpm / :tpm:h / :conc / :spend:<YYYY-MM-DD> / :spend:<YYYY-MM>
-  router:{m:<model>}:rpm / :tpm / :tpm:h
-  router:{t:<target>}:rpm / :tpm / :tpm:h / :health
+  router:{k:<key>}:rpm / :tpm / :tpm:h / :tpm:l / :conc / :spend:<YYYY-MM-DD> / :spend:<YYYY-MM> / :paid:<rid>
+  router:{m:<model>}:rpm / :tpm / :tpm:h / :tpm:l
+  router:{t:<target>}:rpm / :tpm / :tpm:h / :tpm:l / :health
 rpm, tpm and concurrency are sorted sets (member = reservation id; score = admit time, or
-lease deadline for :conc); :tpm:h maps id -> tokens with "_" the running total.
+lease deadline for :conc); :tpm:h maps id -> tokens with "_" the running total; :tpm:l is
+the ledger that finds a tpm refusal's retry time in O(log n); :paid:<rid> makes a replayed
+spend count once.
 
 Standalone: one EVALSHA per admit covers every limit and the targets' health. Cluster: one
-script per hash tag, in parallel; if a later tag refuses, what earlier tags reserved is
-refunded at once. In that short window a concurrent request may see those counters
-charged and be refused too: Cluster can over-refuse by a hair, never over-admit.
-
-Faults: any Redis error or a call slower than `redis_timeout_s` marks Redis down (one
-warning per transition, router_redis_errors_total{op}, router_redis_up 0). While down:
-limits fail open (or 503 with fail_open=False), health and probes run on an in-process
-MemoryState, settles are queued; a background PING with doubling hold-off brings Redis
-back and replays the queued settles. A call that timed out may still run on Redis later:
-counters then over-count a little, never under-count.
+script per hash tag, sent in the same batch; if a later tag refuses, what earlier tags
+reserved is refunded at once. In that short window a concurrent request may see those
+counters charged and be refused too: Cluster can over-refuse by a hair, never over-admit.
+Every call goes through redis_link.py: batched per loop iteration, fail-open on faults.
+The keys and fixed arguments of a (key, model, targets) combination are built once and
+kept, not rebuilt per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import random
 import time
-from collections import deque
-from collections.abc import Awaitable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
-
-from router.health import BUCKETS, LUA_HEALTH, LUA_PRELUDE, LUA_RECORD, CircuitRecord, TargetHealth
+from router.health import BUCKETS, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, HEALTHY, CircuitRecord, TargetHealth
 from router.limits import (
-    BUDGET_KINDS, CONCURRENT, DAILY_USD, LUA_ADMIT, LUA_SETTLE, RPM, TPM, WINDOW_S, Admission, BudgetPeriods,
-    Check, LimitExceeded, LimitSpec, Usage, headers_for, plan_checks, state_unavailable, target_checks, to_micro,
+    BUDGET_KINDS, CONCURRENT, DAILY_USD, LUA_ADMIT, LUA_SETTLE, RPM, TPM, WINDOW_S, Admission, BudgetPeriods, Check,
+    LimitExceeded, LimitSpec, Usage, headers_for, plan_checks, state_unavailable, target_checks, to_micro,
 )
-from router.state import (
-    Grant, MemoryState, Rids, StateSettings, TargetGrant, count_rejection, log_transition, set_circuit,
-)
+from router.memory_state import MemoryState
+from router.redis_link import RedisLink, Unavailable
+from router.state import Grant, Rids, StateSettings, TargetGrant, count_rejection, log_transition, set_circuit
 
 if TYPE_CHECKING:
     from router.metrics import Metrics
 
 log = logging.getLogger("router.state")
-T = TypeVar("T")
-REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 HEALTH_TTL_MS = 86_400_000  # a target nobody calls for a day starts afresh
-SPEND_TTL_MS = {DAILY_USD: 3 * 86_400_000, "monthly_usd": 62 * 86_400_000}
+SPEND_TTL_MS = 3 * 86_400_000  # a day's spend (and a reservation's paid marker); a month's is 21x
+PLAN_CACHE = 4096  # distinct (key, model, targets) combinations kept; past it the cache starts over
 Ops = dict[str, tuple[list[str], list[str]]]  # hash tag -> (keys, args) of a settle script
 
 SCRIPTS = {
-    "admit": LUA_PRELUDE + LUA_ADMIT,
-    "health": LUA_PRELUDE + LUA_HEALTH,
+    "admit": LUA_PRELUDE + LUA_NOW + LUA_ADMIT,
+    "health": LUA_PRELUDE + LUA_NOW + LUA_HEALTH,
     "settle": LUA_SETTLE,
-    "record": LUA_PRELUDE + LUA_RECORD,
+    "record": LUA_PRELUDE + LUA_NOW + LUA_RECORD,
 }
-SHAS = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in SCRIPTS.items()}
 
 
 def _esc(name: str) -> str:
@@ -71,30 +58,22 @@ def _esc(name: str) -> str:
     return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
-def make_client(url: str, s: StateSettings) -> tuple[Redis | RedisCluster, bool]:
-    """(client, is_cluster) for redis://, rediss://, redis-cluster://, ...?cluster=true.
-    One immediate retry inside redis-py, for a pooled connection that went stale (Redis
-    restarted, Cluster client re-initialised); `redis_timeout_s` still bounds the call."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    cluster = query.pop("cluster", ["false"])[0].lower() in ("1", "true", "yes") or parts.scheme.endswith("-cluster")
-    scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
-    clean = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query, doseq=True), parts.fragment))
-    kw: dict[str, Any] = {
-        "socket_timeout": s.redis_timeout_s,
-        "socket_connect_timeout": s.redis_timeout_s,
-        "retry": Retry(NoBackoff(), 1),
-    }
-    if cluster:
-        return RedisCluster.from_url(clean, max_connections=s.redis_max_connections, **kw), True
-    # a blocking pool: a burst past the pool size waits for a connection (within the
-    # timeout) instead of failing with "Too many connections" and failing open
-    pool = BlockingConnectionPool.from_url(clean, max_connections=s.redis_max_connections, timeout=s.redis_timeout_s, **kw)
-    return Redis.from_pool(pool), False
+class _Call:
+    """One admit script of a plan: its keys, fixed arguments, and where tpm amounts go."""
+
+    __slots__ = ("idx", "keys", "args", "tpm_at")
+
+    def __init__(self, idx: list[int], keys: list[str], args: list[str], tpm_at: list[int]) -> None:
+        self.idx, self.keys, self.args, self.tpm_at = idx, keys, args, tpm_at
 
 
-class _Unavailable(Exception):
-    """Redis failed or is held off; the caller falls back."""
+class _Plan:
+    """A combination's checks, each check's keys, and its script calls; built once."""
+
+    __slots__ = ("checks", "keys", "calls", "health")
+
+    def __init__(self, checks: tuple[Check, ...], keys: list[list[str]], calls: list[_Call], health: list[str]) -> None:
+        self.checks, self.keys, self.calls, self.health = checks, keys, calls, health
 
 
 class _ProbeRefused(Exception):
@@ -109,24 +88,26 @@ class RedisState:
     def __init__(self, url: str, settings: StateSettings, metrics: Metrics | None = None) -> None:
         self._s, self._metrics = settings, metrics
         self._clock = settings.clock or time.time
-        self._client, self.cluster = make_client(url, settings)
+        self._link = RedisLink(url, settings, SCRIPTS, metrics)
+        self.cluster = self._link.cluster
         self._local = MemoryState(settings, metrics)  # health and probes while Redis is down
-        self._up: bool | None = None  # None: not tried yet
-        self._reason = "not connected yet"
-        self._backoff, self._retry_at, self._up_since = settings.reconnect_min_s, 0.0, 0.0
-        self._probe_task: asyncio.Task[None] | None = None
-        self._cluster_ready, self._init_lock = False, asyncio.Lock()
         self._rid, self._periods = Rids(), BudgetPeriods()
-        self._pending: deque[tuple[list[str], list[str]]] = deque(maxlen=settings.pending_settles)
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
+        s = settings
+        self._width = repr(s.error_window_s / BUCKETS)
+        self._fixed = [str(int(WINDOW_S * 1000)), str(int(s.concurrency_lease_s * 1000))]
+        self._breaker = [repr(s.cooldown_s), str(s.half_open_probes), self._width, str(BUCKETS)]
+        self._record_args = [repr(s.ewma_alpha), str(s.failure_threshold), repr(s.error_rate_threshold),
+                             str(s.min_samples), repr(s.cooldown_s), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
 
-    # ---- keys -------------------------------------------------------------------------
+    # ---- keys and plans -----------------------------------------------------------------
     def _base(self, scope: str, name: str) -> str:
         return f"{self._s.key_prefix}:{{{scope[0]}:{_esc(name)}}}"
 
     def _keys(self, c: Check, day: str, month: str) -> list[str]:
         b = self._base(c.scope, c.name)
         if c.kind == TPM:
-            return [f"{b}:tpm", f"{b}:tpm:h"]
+            return [f"{b}:tpm", f"{b}:tpm:h", f"{b}:tpm:l"]
         if c.kind in BUDGET_KINDS:
             return [f"{b}:spend:{day if c.kind == DAILY_USD else month}"]
         return [f"{b}:{'conc' if c.kind == CONCURRENT else c.kind}"]
@@ -134,309 +115,277 @@ class RedisState:
     def _health_key(self, target_id: str) -> str:
         return f"{self._base('target', target_id)}:health"
 
-    def _bucket(self, now: float) -> str:
-        return str(int(now // (self._s.error_window_s / BUCKETS)))
+    def _now(self) -> str:
+        """The time a script runs at: '' lets Redis use its own clock."""
+        return "" if self._s.redis_clock else f"{self._clock():.6f}"
 
-    # ---- plumbing: timeouts, hold-off, reconnect --------------------------------------
-    async def _call(self, op: str, aw: Awaitable[T]) -> T:
-        """Run one Redis operation under the timeout. Any failure, even an unexpected one
-        from the client library, marks Redis down: the caller falls back, never a 500."""
-        try:
-            async with asyncio.timeout(self._s.redis_timeout_s):
-                if self.cluster and not self._cluster_ready:
-                    async with self._init_lock:  # commands racing the first topology load fail
-                        await self._client.initialize()
-                        self._cluster_ready = True
-                result = await aw
-        except (LimitExceeded, _ProbeRefused):
-            raise
-        except Exception as e:
-            if asyncio.iscoroutine(aw):
-                aw.close()  # never started if the initialisation failed: no "never awaited"
-            if not isinstance(e, REDIS_ERRORS):
-                log.exception("unexpected error from redis during %s", op)
-            self._mark_down(op, e)
-            raise _Unavailable(op) from e
-        self._mark_up()
-        return result
-
-    async def _script(self, name: str, keys: list[str], args: list[str]) -> Any:
-        try:
-            return await self._client.evalsha(SHAS[name], len(keys), *keys, *args)
-        except NoScriptError:  # first use on this node, or Redis restarted: EVAL caches it
-            return await self._client.eval(SCRIPTS[name], len(keys), *keys, *args)
-
-    def _available(self) -> bool:
-        """Up (or never tried): use Redis. Down: fall back, and PING once the hold-off is over."""
-        if self._up is not False:
-            return True
-        if time.monotonic() >= self._retry_at and (self._probe_task is None or self._probe_task.done()):
-            self._probe_task = asyncio.get_running_loop().create_task(self._probe())
-        return False
-
-    def _mark_down(self, op: str, e: BaseException) -> None:
-        if self._metrics is not None:
-            self._metrics.redis_errors.labels(op).inc()
-            self._metrics.redis_up.set(0)
-        self._reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        if self._up is not False:
-            mode = "admitting without limits" if self._s.fail_open else "refusing requests (fail closed)"
-            log.warning("redis down (%s during %s): %s, health on local state", self._reason, op, mode)
-            # down again soon after coming back (a flapping link, a Cluster still converging):
-            # keep the longer hold-off instead of starting over at the shortest
-            steady = time.monotonic() - self._up_since > self._s.reconnect_max_s
-            self._up, self._backoff = False, self._s.reconnect_min_s if steady else self._backoff
-            self._retry_at = time.monotonic() + self._backoff
-
-    def _mark_up(self) -> None:
-        if self._up is not True:
-            if self._up is False:
-                log.warning("redis is back: shared limits and health again")
-            self._up, self._up_since = True, time.monotonic()
-            if self._metrics is not None:
-                self._metrics.redis_up.set(1)
-
-    async def _ping(self) -> None:
-        """Standalone: PING. Cluster: every primary answers and sees cluster_state:ok (a
-        plain PING reaches one live node while another node's slots are unreachable)."""
-        if not self.cluster:
-            await self._client.ping()
-            return
-        cluster: Any = self._client
-        info: dict[str, dict[str, str]] = await cluster.cluster_info(target_nodes=RedisCluster.PRIMARIES)
-        bad = [node for node, i in info.items() if i.get("cluster_state") != "ok"]
-        if bad:
-            raise RedisClusterException(f"cluster_state not ok on {', '.join(sorted(bad))}")
-
-    async def _probe(self) -> None:
-        """One check after the hold-off (doubling, with jitter); on success replay settles."""
-        try:
-            async with asyncio.timeout(self._s.redis_timeout_s):
-                await self._ping()
-        except Exception as e:
-            if self._metrics is not None:
-                self._metrics.redis_errors.labels("ping").inc()
-            self._reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            self._backoff = min(self._s.reconnect_max_s, self._backoff * 2)
-            self._retry_at = time.monotonic() + self._backoff * random.uniform(0.8, 1.2)
-            return
-        self._mark_up()
-        while self._pending and self._up:
-            keys, args = self._pending[0]
-            try:
-                await self._call("settle", self._script("settle", keys, args))
-            except _Unavailable:
-                return
-            self._pending.popleft()
-
-    # ---- checks -----------------------------------------------------------------------
-    def _admit_args(self, now: float, rid: str, checks: Sequence[Check], probing: bool) -> list[str]:
-        s = self._s
-        args = [f"{now:.6f}", f"{now - WINDOW_S:.6f}", rid, f"{now + s.concurrency_lease_s:.6f}", str(int(WINDOW_S * 1000))]
-        args += [str(int(s.concurrency_lease_s * 1000)), str(len(checks)), "1" if probing else "0"]
-        args += [repr(s.cooldown_s), str(s.half_open_probes), self._bucket(now), str(BUCKETS)]
-        for c in checks:
-            args += [c.kind, str(c.limit), str(c.amount)]
-        return args
-
-    def _groups(self, checks: Sequence[Check], tail: bool) -> list[list[int]]:
-        """Check indices per script call: all in one standalone, one per hash tag in Cluster."""
-        if not self.cluster:
-            return [list(range(len(checks)))] if checks or tail else []
-        by_tag: dict[tuple[str, str], list[int]] = {}
-        for i, c in enumerate(checks):
-            by_tag.setdefault((c.scope, c.name), []).append(i)
-        return list(by_tag.values()) or ([[]] if tail else [])
-
-    async def _run_checks(
-        self, checks: Sequence[Check], now: float, rid: str, tail_keys: list[str], probing: bool
-    ) -> tuple[list[Usage | None], list[list[Any]], bool]:
-        """Every check all-or-nothing (per hash tag in Cluster), plus the health summaries
-        or probe claim of `tail_keys` in the last script. Raises LimitExceeded/_ProbeRefused."""
-        day, month, to_day, to_month = self._periods(now)
-        groups = self._groups(checks, bool(tail_keys))
+    def _plan(self, cache_key: tuple[Any, ...], checks: list[Check], health_ids: Sequence[str], probing: bool,
+              day: str, month: str) -> _Plan:
+        plan = self._plans.get(cache_key)
+        if plan is not None:
+            return plan
+        keys = [self._keys(c, day, month) for c in checks]
+        health = [self._health_key(t) for t in health_ids]
+        groups: list[list[int]]
+        tails: list[list[str]]
+        if self.cluster and not probing:
+            by_tag: dict[tuple[str, str], list[int]] = {}
+            for i, c in enumerate(checks):
+                by_tag.setdefault((c.scope, c.name), []).append(i)
+            groups, tails = list(by_tag.values()), [[] for _ in by_tag]
+        else:  # standalone; a target's checks and its health share one tag
+            groups, tails = ([list(range(len(checks)))], [health]) if checks or health else ([], [])
         calls = []
-        for n, idx in enumerate(groups):
-            keys = [k for i in idx for k in self._keys(checks[i], day, month)]
-            keys += tail_keys if n == len(groups) - 1 else []
-            calls.append(self._script("admit", keys, self._admit_args(now, rid, [checks[i] for i in idx], probing)))
-        # one call (standalone, or one tag) needs no gather: if it fails it took nothing
-        replies: list[Any] = [await calls[0]] if len(calls) == 1 else await asyncio.gather(*calls, return_exceptions=True)
-        failed = [r for r in replies if isinstance(r, BaseException)]
-        refused = [(idx[int(r[1]) - 1] if int(r[1]) else -1, r) for idx, r in zip(groups, replies, strict=True)
+        for idx, tail in zip(groups, tails, strict=True):
+            args = [*self._fixed, str(len(idx)), "1" if probing else "0", *self._breaker]
+            tpm_at = []
+            for i in idx:
+                c = checks[i]
+                if c.kind == TPM:
+                    tpm_at.append(len(args) + 2)
+                args += [c.kind, str(c.limit), str(c.amount)]
+            calls.append(_Call(idx, [k for i in idx for k in keys[i]] + tail, args, tpm_at))
+        if len(self._plans) >= PLAN_CACHE:
+            self._plans.clear()
+        plan = self._plans[cache_key] = _Plan(tuple(checks), keys, calls, health if self.cluster and not probing else [])
+        return plan
+
+    # ---- running checks -----------------------------------------------------------------
+    async def _run(self, plan: _Plan, rid: str, tokens: int) -> tuple[list[Usage | None], list[Any], int, float | None]:
+        """Every call of a plan in this iteration's batch. Returns usages, health summaries,
+        the probe claim and Redis's time; raises LimitExceeded, _ProbeRefused or Unavailable."""
+        now, tok = self._now(), str(max(0, tokens))
+        futs = []
+        for call in plan.calls:
+            args = [now, rid, *call.args]
+            for at in call.tpm_at:
+                args[at + 2] = tok
+            futs.append(self._link.call("admit", "admit", call.keys, args, self._orphan(plan, call.idx, rid)))
+        futs += [self._link.call("health", "health", [k], [now, self._width, str(BUCKETS)]) for k in plan.health]
+        replies: list[Any] = [await futs[0]] if len(futs) == 1 else await asyncio.gather(*futs, return_exceptions=True)
+        failed = next((r for r in replies if isinstance(r, BaseException)), None)
+        admits = replies[:len(plan.calls)]
+        refused = [(call.idx[int(r[1]) - 1] if int(r[1]) else -1, r) for call, r in zip(plan.calls, admits, strict=True)
                    if not isinstance(r, BaseException) and int(r[0]) == 0]
-        if failed or refused:
-            ops: Ops = {}
-            for idx, r in zip(groups, replies, strict=True):
-                if not isinstance(r, BaseException) and int(r[0]):  # Cluster: give back what this tag took
-                    self._add_ops(ops, [checks[i] for i in idx], rid, "refund", day, month)
-            await asyncio.gather(*(self._script("settle", k, a) for k, a in self._batches(ops)), return_exceptions=True)
-            if failed:
-                raise failed[0]
+        if failed is not None or refused:
+            self._refund_taken(plan, admits, rid)
+            if failed is not None:
+                raise failed
             i, r = min(refused, key=lambda x: x[0])
             if i < 0:
                 raise _ProbeRefused
-            c = checks[i]
+            c = plan.checks[i]
+            c = replace(c, amount=max(0, tokens)) if c.kind == TPM else c
+            _, _, to_day, to_month = self._periods(self._clock())
             retry = (to_day if c.kind == DAILY_USD else to_month) if int(r[2]) < 0 else int(r[2]) / 1000
             raise LimitExceeded(c, retry, Usage(c.limit, 0, int(r[3]) / 1000) if c.kind in (RPM, TPM) else None)
-        usages: list[Usage | None] = [None] * len(checks)
-        for idx, r in zip(groups, replies, strict=True):
-            for i, (left, reset) in zip(idx, r[1], strict=True):
-                if checks[i].kind in (RPM, TPM):
-                    usages[i] = Usage(checks[i].limit, int(left), int(reset) / 1000)
-        last: Any = replies[-1] if replies else [1, [], [], 0]
-        return usages, list(last[2]), int(last[3]) == 2
+        usages: list[Usage | None] = [None] * len(plan.checks)
+        for call, r in zip(plan.calls, admits, strict=True):
+            for i, (left, reset) in zip(call.idx, r[1], strict=True):
+                if plan.checks[i].kind in (RPM, TPM):
+                    usages[i] = Usage(plan.checks[i].limit, int(left), int(reset) / 1000)
+        last: Any = admits[-1] if admits else None
+        summaries = list(last[2]) if last is not None and not plan.health else [r[1][0] for r in replies[len(plan.calls):]]
+        stamp = admits[-1][4] if admits else (replies[-1][0] if replies else None)
+        return usages, summaries, int(last[3]) if last is not None else 0, float(stamp) if stamp else None
 
-    async def _summaries(self, target_ids: Sequence[str], now: float) -> list[list[Any]]:
-        keys, args = [self._health_key(t) for t in target_ids], [self._bucket(now), str(BUCKETS)]
-        if not keys:
-            return []
-        if not self.cluster:
-            return list(await self._script("health", keys, args))
-        replies = await asyncio.gather(*(self._script("health", [k], args) for k in keys))
-        return [r[0] for r in replies]
+    def _refund_taken(self, plan: _Plan, replies: Sequence[Any], rid: str) -> None:
+        """Cluster: give back what the tags that admitted took when another refused or failed."""
+        ops: Ops = {}
+        for call, r in zip(plan.calls, replies, strict=True):
+            if not isinstance(r, BaseException) and int(r[0]):
+                self._add_ops(ops, plan, call.idx, rid, "refund")
+        self._send_ops(ops)
 
-    def _views(self, target_ids: Sequence[str], summaries: Sequence[list[Any]], now: float) -> dict[str, TargetHealth]:
-        out = {t: CircuitRecord.from_summary(f, self._bucket(now)).view(now, self._s) for t, f in zip(target_ids, summaries, strict=True)}
+    def _orphan(self, plan: _Plan, idx: list[int], rid: str) -> Any:
+        """What to do with an admit whose caller left before its reply: undo it."""
+        def undo(reply: Any) -> None:
+            if int(reply[0]):
+                ops: Ops = {}
+                self._add_ops(ops, plan, idx, rid, "refund")
+                self._send_ops(ops)
+                if int(reply[3]) == 2 and plan.calls and plan.calls[-1].keys:  # a probe slot it claimed
+                    self._link.send("record", "record", [plan.calls[-1].keys[-1]],
+                                    self._record_argv(None, None, False, True))
+        return undo
+
+    def _views(self, target_ids: Sequence[str], summaries: Sequence[list[Any]], now: float | None) -> dict[str, TargetHealth]:
+        t = now if now is not None else self._clock()
+        bucket = int(t // (self._s.error_window_s / BUCKETS))
+        out = {tid: CircuitRecord.from_summary(f, bucket).view(t, self._s) for tid, f in zip(target_ids, summaries, strict=True)}
         set_circuit(self._metrics, out)
         return out
 
-    async def _admit(self, checks: list[Check], target_ids: Sequence[str], now: float, rid: str) -> tuple[list[Usage | None], list[list[Any]]]:
-        if not self.cluster:
-            usages, summaries, _ = await self._run_checks(checks, now, rid, [self._health_key(t) for t in target_ids], False)
-            return usages, summaries
-        done, summaries = await asyncio.gather(self._run_checks(checks, now, rid, [], False), self._summaries(target_ids, now), return_exceptions=True)
-        for r in (done, summaries):
-            if isinstance(r, BaseException):
-                raise r
-        return done[0], summaries
-
-    # ---- the SharedState interface ----------------------------------------------------
+    # ---- the SharedState interface ------------------------------------------------------
     async def admit(self, adm: Admission, target_ids: Sequence[str]) -> tuple[Grant, dict[str, TargetHealth]]:
-        now, rid, checks = self._clock(), self._rid(), plan_checks(adm)
-        undo: tuple[Check, ...] = ()
-        if self._available():
+        rid = self._rid()
+        day, month, _, _ = self._periods(self._clock())
+        ids = tuple(target_ids)
+        key = (adm.key, adm.key_limits, adm.key_budget, adm.model, adm.model_limits, ids, day, month)
+        plan = self._plan(key, plan_checks(adm), ids, False, day, month)
+        tokens = max(0, adm.tokens)
+        if not plan.calls and not plan.health:
+            return Grant({}, rid, adm.key, (), tokens, "redis", plan=plan), {}
+        undo = False
+        if self._link.available():
             try:
-                usages, summaries = await self._call("admit", self._admit(checks, target_ids, now, rid))
+                usages, summaries, _, now = await self._run(plan, rid, tokens)
             except LimitExceeded as e:
                 count_rejection(self._metrics, e.check)
                 raise
-            except _Unavailable:
+            except Unavailable:
                 # A timed-out script may still have run: settle must free its concurrency
                 # slot (removing an absent one is a no-op), or the key stays locked for a lease.
-                undo = tuple(c for c in checks if c.kind == CONCURRENT)
+                undo = True
             else:
-                grant = Grant(headers_for(checks, usages), rid, adm.key, tuple(checks), max(0, adm.tokens), "redis")
-                return grant, self._views(target_ids, summaries, now)
-        if checks and not self._s.fail_open:
-            if undo:
-                await self.settle(Grant({}, rid, adm.key, undo, 0, "redis"), None, None, 0.0)
-            raise state_unavailable(self._reason)
+                grant = Grant(headers_for(plan.checks, usages), rid, adm.key, plan.checks, tokens, "redis", plan=plan)
+                return grant, self._views(ids, summaries, now)
+        slots = tuple(c for c in plan.checks if c.kind == CONCURRENT) if undo else ()
+        if plan.checks and not self._s.fail_open:
+            if slots:
+                self.settle_soon(Grant({}, rid, adm.key, plan.checks, 0, "redis", plan=plan), None, None, 0.0)
+            raise state_unavailable(self._link.reason)
         # fail open: no limits, but the spend still reaches Redis (queued) at settle
-        return Grant({}, rid, adm.key, undo, max(0, adm.tokens), "redis"), await self._local.health(target_ids)
+        only = plan if slots else None
+        return Grant({}, rid, adm.key, plan.checks if slots else (), tokens, "redis", plan=only), \
+            await self._local.health(ids)
 
     async def reserve_target(self, target_id: str, limits: LimitSpec, tokens: int) -> TargetGrant | None:
-        now, rid, checks = self._clock(), self._rid(), target_checks(target_id, limits, tokens)
-        if self._available():
+        rid = self._rid()
+        day, month, _, _ = self._periods(self._clock())
+        plan = self._plan(("target", target_id, limits), target_checks(target_id, limits, tokens), (target_id,), True,
+                          day, month)
+        if self._link.available():
             try:
-                work = self._run_checks(checks, now, rid, [self._health_key(target_id)], True)
-                usages, _, probe = await self._call("reserve_target", work)
+                usages, _, claimed, _ = await self._run(plan, rid, tokens)
             except LimitExceeded as e:
                 count_rejection(self._metrics, e.check)
                 return None
             except _ProbeRefused:
                 return None
-            except _Unavailable:
+            except Unavailable:
                 pass
             else:
-                return TargetGrant(target_id, rid, tuple(checks), max(0, tokens), probe, "redis", headers_for(checks, usages))
+                return TargetGrant(target_id, rid, plan.checks, max(0, tokens), claimed == 2, "redis",
+                                   headers_for(plan.checks, usages), plan=plan)
         if not self._s.fail_open:
             return None
         return await self._local.reserve_target(target_id, LimitSpec(), tokens)
 
-    def _add_ops(self, ops: Ops, checks: Sequence[Check], rid: str, actual: str | None, day: str, month: str) -> None:
+    def _add_ops(self, ops: Ops, plan: _Plan, idx: Sequence[int], rid: str, actual: str | None) -> None:
         """Settle ops per hash tag: tokens to `actual` ("refund": drop), slot release."""
-        for c in checks:
+        for i in idx:
+            c = plan.checks[i]
             if (c.kind == TPM and actual is not None) or c.kind == CONCURRENT or (actual == "refund" and c.kind == RPM):
                 keys, args = ops.setdefault(f"{c.scope}:{c.name}", ([], []))
-                keys += self._keys(c, day, month)
+                keys += plan.keys[i]
                 args += [c.kind, rid, actual or "", ""]
+
+    def _ops(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> Ops:
+        ops: Ops = {}
+        actual = None if actual_tokens is None else str(max(0, actual_tokens))
+        for g in (target, grant):
+            if g is not None and not g.settled and g.backend == "redis":
+                g.settled = True
+                if g.plan is not None:
+                    self._add_ops(ops, g.plan, range(len(g.plan.checks)), g.rid, actual)
+        if grant is not None and grant.backend == "redis" and grant.key is not None and (micro := to_micro(cost_usd)) > 0:
+            day, month, _, _ = self._periods(self._clock())
+            b = self._base("key", grant.key)
+            keys, args = ops.setdefault(f"key:{grant.key}", ([], []))
+            keys += [f"{b}:spend:{day}", f"{b}:spend:{month}", f"{b}:paid:{grant.rid}"]
+            args += ["spend", grant.rid, str(micro), str(SPEND_TTL_MS)]
+        return ops
 
     def _batches(self, ops: Ops) -> list[tuple[list[str], list[str]]]:
         """One settle script per hash tag in Cluster, one for everything standalone."""
         groups = list(ops.values()) if self.cluster else [([k for v in ops.values() for k in v[0]], [a for v in ops.values() for a in v[1]])]
         return [(keys, [str(len(args) // 4), *args]) for keys, args in groups if keys]
 
+    def _send_ops(self, ops: Ops) -> None:
+        for keys, args in self._batches(ops):
+            self._link.send("settle", "settle", keys, args, replay=True)
+
     async def release_target(self, target: TargetGrant, actual_tokens: int | None = 0) -> None:
         await self.settle(None, target, actual_tokens, 0.0)
 
-    async def settle(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> None:
-        """Grant and target in one script (standalone) or one per hash tag (Cluster)."""
-        ops: Ops = {}
-        day, month, _, _ = self._periods(self._clock())
-        actual = None if actual_tokens is None else str(max(0, actual_tokens))
+    def settle_soon(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> None:
         if target is not None and target.backend == "memory":
-            await self._local.release_target(target, actual_tokens)
-        elif target is not None and not target.settled:
-            target.settled = True
-            self._add_ops(ops, target.checks, target.rid, actual, day, month)
+            self._local.settle_soon(None, target, actual_tokens, 0.0)
         if grant is not None and grant.backend == "memory":
-            await self._local.settle(grant, None, actual_tokens, cost_usd)
-        elif grant is not None and not grant.settled:
-            grant.settled = True
-            self._add_ops(ops, grant.checks, grant.rid, actual, day, month)
-            if grant.key is not None and (micro := to_micro(cost_usd)) > 0:
-                keys, args = ops.setdefault(f"key:{grant.key}", ([], []))
-                for kind in BUDGET_KINDS:
-                    keys += self._keys(Check("key", grant.key, kind, 0, 0), day, month)
-                    args += ["spend", grant.rid, str(micro), str(SPEND_TTL_MS[kind])]
-        batches = self._batches(ops)
-        if batches and self._available():
-            calls = [self._script("settle", k, a) for k, a in batches]
-            try:
-                await self._call("settle", calls[0] if len(calls) == 1 else asyncio.gather(*calls))
-                return
-            except _Unavailable:
-                pass
-        self._pending.extend(batches)  # replayed when Redis is back; the oldest drop first
+            self._local.settle_soon(grant, None, actual_tokens, cost_usd)
+        self._send_ops(self._ops(grant, target, actual_tokens, cost_usd))
 
-    async def record(self, target_id: str, ok: bool, latency_s: float | None, stream: bool = False) -> None:
-        s, now = self._s, self._clock()
-        if self._available():
-            args = [f"{now:.6f}", "1" if ok else "0", "" if latency_s is None else repr(float(latency_s))]
-            args += [repr(s.ewma_alpha), str(s.failure_threshold), repr(s.error_rate_threshold), str(s.min_samples)]
-            args += [repr(s.cooldown_s), self._bucket(now), str(BUCKETS), str(HEALTH_TTL_MS), "1" if stream else "0"]
-            try:
-                before, after = await self._call("record", self._script("record", [self._health_key(target_id)], args))
-            except _Unavailable:
-                pass
-            else:
-                log_transition(target_id, before.decode(), after.decode())
-                set_circuit(self._metrics, {target_id: TargetHealth(after.decode(), None, 0.0, 0)})
+    async def settle(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> None:
+        """Waits for Redis's reply (or for the settle to be queued while it is down)."""
+        if target is not None and target.backend == "memory":
+            self._local.settle_soon(None, target, actual_tokens, 0.0)
+        if grant is not None and grant.backend == "memory":
+            self._local.settle_soon(grant, None, actual_tokens, cost_usd)
+        batches = self._batches(self._ops(grant, target, actual_tokens, cost_usd))
+        if not batches:
+            return
+        if not self._link.available():
+            for keys, args in batches:
+                self._link.send("settle", "settle", keys, args, replay=True)
+            return
+        futs = [self._link.call("settle", "settle", k, a, replay=True) for k, a in batches]
+        await asyncio.gather(*futs, return_exceptions=True)
+
+    def _record_argv(self, ok: bool | None, latency_s: float | None, stream: bool, probe: bool) -> list[str]:
+        verdict = "" if ok is None else "1" if ok else "0"
+        return [self._now(), verdict, "" if latency_s is None else repr(float(latency_s)), *self._record_args,
+                "1" if stream else "0", "1" if probe else "0"]
+
+    def record_soon(self, target_id: str, ok: bool | None, latency_s: float | None, stream: bool = False,
+                    probe: bool = False) -> None:
+        self._record(target_id, ok, latency_s, stream, probe)
+
+    async def record(self, target_id: str, ok: bool | None, latency_s: float | None, stream: bool = False,
+                     probe: bool = False) -> None:
+        fut = self._record(target_id, ok, latency_s, stream, probe)
+        if fut is not None:
+            await asyncio.gather(fut, return_exceptions=True)
+
+    def _record(self, target_id: str, ok: bool | None, latency_s: float | None, stream: bool,
+                probe: bool) -> asyncio.Future[Any] | None:
+        if not self._link.available():
+            self._local.record_soon(target_id, ok, latency_s, stream, probe)
+            return None
+        fut = self._link.call("record", "record", [self._health_key(target_id)],
+                              self._record_argv(ok, latency_s, stream, probe))
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.cancelled():
                 return
-        await self._local.record(target_id, ok, latency_s, stream)
+            if f.exception() is not None:
+                self._local.record_soon(target_id, ok, latency_s, stream, probe)
+                return
+            before, after = (x.decode() for x in f.result())
+            log_transition(target_id, before, after)
+            set_circuit(self._metrics, {target_id: replace(HEALTHY, state=after)})
+
+        fut.add_done_callback(done)
+        return fut
 
     async def health(self, target_ids: Sequence[str]) -> dict[str, TargetHealth]:
-        if self._available():
-            now = self._clock()
+        if target_ids and self._link.available():
+            args = [self._now(), self._width, str(BUCKETS)]
+            groups = [[self._health_key(t) for t in target_ids]] if not self.cluster else [[self._health_key(t)] for t in target_ids]
             try:
-                return self._views(target_ids, await self._call("health", self._summaries(target_ids, now)), now)
-            except _Unavailable:
+                replies = await asyncio.gather(*(self._link.call("health", "health", g, args) for g in groups))
+            except Unavailable:
                 pass
+            else:
+                summaries = [s for r in replies for s in r[1]]
+                return self._views(target_ids, summaries, float(replies[0][0]))
         return await self._local.health(target_ids)
 
     async def ready(self) -> tuple[bool, str]:
-        if self._available():
-            try:
-                await self._call("ping", self._ping())
-                return True, "redis ok"
-            except _Unavailable:
-                pass
+        if await self._link.check():
+            return True, "redis ok"
         mode = "serving on local state" if self._s.fail_open else "refusing requests (fail closed)"
-        return self._s.fail_open, f"redis down: {self._reason}, {mode}"
+        return self._s.fail_open, f"redis down: {self._link.reason}, {mode}"
 
     async def close(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            await asyncio.gather(self._probe_task, return_exceptions=True)
-        await self._client.aclose()
+        await self._link.close()

@@ -17,6 +17,7 @@ class ServeSettings:
     fail_open: bool = True          # Redis unreachable: admit without limits (False: answer 503)
     reload_interval_s: float = 2.0
     log_prompts: bool = False       # debug only: put prompt text in the access log
+    redis_timeout_s: float = 0.25   # one pipelined batch of Redis calls; past it, fail open (or closed)
 
     @classmethod
     def from_env(cls, **overrides: object) -> "ServeSettings":
@@ -27,20 +28,27 @@ class ServeSettings:
             "fail_open": env.get("ROUTER_LIMITS_FAIL_CLOSED", "") not in ("1", "true", "yes"),
             "reload_interval_s": _interval(env.get("ROUTER_RELOAD_INTERVAL")),
             "log_prompts": env.get("ROUTER_LOG_PROMPTS", "") in ("1", "true", "yes"),
+            "redis_timeout_s": _bounded("ROUTER_REDIS_TIMEOUT_MS", env.get("ROUTER_REDIS_TIMEOUT_MS"), 250, 1, 60_000,
+                                        "milliseconds") / 1000,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
 
 def _interval(raw: str | None) -> float:
-    if raw is None:
-        return ServeSettings.reload_interval_s
+    return _bounded("ROUTER_RELOAD_INTERVAL", raw, ServeSettings.reload_interval_s, 0.1, 3600, "seconds")
+
+
+def _bounded(name: str, raw: str | None, default: float, low: float, high: float, unit: str) -> float:
+    """A number from the environment, refused with a message that says what to give."""
+    if raw is None or raw == "":
+        return default
     try:
         value = float(raw)
     except ValueError:
-        value = -1.0
-    if not 0.1 <= value <= 3600:
-        raise ValueError(f"ROUTER_RELOAD_INTERVAL={raw!r}: give seconds between 0.1 and 3600")
+        value = low - 1
+    if not low <= value <= high:
+        raise ValueError(f"{name}={raw!r}: give {unit} between {low:g} and {high:g}")
     return value
 
 

@@ -23,7 +23,9 @@ import pytest
 import redis
 
 from router.metrics import Metrics
-from router.state import MemoryState, SharedState, StateSettings, create_state
+from router.backends import create_state
+from router.memory_state import MemoryState
+from router.state import SharedState, StateSettings
 
 STARTUP_TIMEOUT_S = 10.0
 
@@ -229,7 +231,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         url = request.getfixturevalue("redis_cluster_url")
 
     async def make(n: int = 1, **overrides: object) -> list[SharedState]:
-        settings = StateSettings(clock=clock, redis_timeout_s=2.0, **overrides)  # type: ignore[arg-type]
+        settings = StateSettings(clock=clock, redis_clock=False, redis_timeout_s=2.0, **overrides)  # type: ignore[arg-type]
         if url is None:
             states: list[SharedState] = [MemoryState(settings, metrics)] * n
         else:

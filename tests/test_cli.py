@@ -109,3 +109,23 @@ async def test_demo_serves_a_chat_completion_with_nothing_configured():
     finally:
         proc.terminate()
         await proc.wait()
+
+
+@pytest.mark.parametrize(("raw", "timeout_s"), [(None, 0.25), ("40", 0.04), ("1500", 1.5)])
+def test_the_redis_call_timeout_is_a_setting(monkeypatch: pytest.MonkeyPatch, raw: str | None, timeout_s: float) -> None:
+    from router.settings import ServeSettings
+
+    if raw is None:
+        monkeypatch.delenv("ROUTER_REDIS_TIMEOUT_MS", raising=False)
+    else:
+        monkeypatch.setenv("ROUTER_REDIS_TIMEOUT_MS", raw)
+    assert ServeSettings.from_env().redis_timeout_s == pytest.approx(timeout_s)
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "soon", "100000"])
+def test_a_redis_timeout_out_of_range_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    from router.settings import ServeSettings
+
+    monkeypatch.setenv("ROUTER_REDIS_TIMEOUT_MS", raw)
+    with pytest.raises(ValueError, match="ROUTER_REDIS_TIMEOUT_MS"):
+        ServeSettings.from_env()

@@ -13,7 +13,8 @@ import redis
 
 from router.health import TargetHealth
 from router.limits import Admission, LimitSpec
-from router.state import SharedState, StateSettings, create_state
+from router.backends import create_state
+from router.state import SharedState, StateSettings
 from tests.fixtures_redis import Backend, Clock
 
 T = "openai:gpt-x"
@@ -83,7 +84,7 @@ async def test_probe_success_closes_and_forgets_the_old_errors(backend: Backend)
     a, b = await open_circuit(backend)
     backend.clock.advance(10)
     assert await a.reserve_target(T, LimitSpec(), 10) is not None
-    await a.record(T, True, 0.1)
+    await a.record(T, True, 0.1, probe=True)
     h = await state_of(b)
     assert (h.state, h.consecutive_failures, h.error_rate, h.samples) == ("closed", 0, 0.0, 0)
     g = await b.reserve_target(T, LimitSpec(), 10)
@@ -94,12 +95,35 @@ async def test_probe_failure_reopens_for_another_cooldown(backend: Backend) -> N
     a, b = await open_circuit(backend)
     backend.clock.advance(10)
     assert await a.reserve_target(T, LimitSpec(), 10) is not None
-    await a.record(T, False, 0.1)
+    await a.record(T, False, 0.1, probe=True)
     assert (await state_of(b)).state == "open"
     backend.clock.advance(9)
     assert (await state_of(b)).state == "open"
     backend.clock.advance(1)
     assert (await state_of(b)).probes_left == 2
+
+
+@pytest.mark.parametrize("ok", [True, False], ids=["success", "failure"])
+async def test_only_the_probe_itself_moves_a_half_open_circuit(backend: Backend, ok: bool) -> None:
+    a, b = await open_circuit(backend)
+    backend.clock.advance(10)
+    assert await a.reserve_target(T, LimitSpec(), 10) is not None
+    await b.record(T, ok, 0.1)  # an attempt begun before the circuit opened, or a last resort
+    h = await state_of(a)
+    assert (h.state, h.probes_left) == ("half_open", 1)
+
+
+async def test_a_probe_that_ends_without_a_verdict_frees_its_slot_and_keeps_the_circuit_half_open(
+    backend: Backend,
+) -> None:
+    a, b = await open_circuit(backend)
+    backend.clock.advance(10)
+    assert await a.reserve_target(T, LimitSpec(), 10) is not None
+    assert await b.reserve_target(T, LimitSpec(), 10) is not None
+    assert (await state_of(a)).probes_left == 0
+    await a.record(T, None, None, probe=True)  # the client's own 400, or the client left
+    h = await state_of(b)
+    assert (h.state, h.probes_left) == ("half_open", 1)
 
 
 async def test_probe_slots_of_a_replica_that_died_mid_probe_expire(backend: Backend) -> None:
@@ -166,7 +190,7 @@ async def test_stream_time_to_first_token_is_kept_apart_from_whole_answer_latenc
 
 
 async def test_a_health_record_stored_before_ttft_existed_reads_ttft_as_unknown(redis_url: str) -> None:
-    s = create_state(redis_url, StateSettings(clock=Clock(), redis_timeout_s=2.0))
+    s = create_state(redis_url, StateSettings(clock=Clock(), redis_clock=False, redis_timeout_s=2.0))
     try:
         with redis.Redis.from_url(redis_url) as r:  # what the scripts wrote before the tt field
             r.hset(f"router:{{t:{T}}}:health", mapping={"st": "closed", "oa": "0", "cf": "0", "ew": "0.500000"})

@@ -19,7 +19,8 @@ import pytest
 from router.errors import RouterError
 from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec
 from router.metrics import Metrics
-from router.state import SharedState, StateSettings, create_state
+from router.backends import create_state
+from router.state import SharedState, StateSettings
 from tests.fixtures_redis import RedisServer
 
 T = "openai:gpt-x"

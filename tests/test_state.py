@@ -14,7 +14,9 @@ import random
 import pytest
 
 from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec, Usage, format_reset, ratelimit_headers
-from router.state import MemoryState, SharedState, StateSettings, create_state
+from router.backends import create_state
+from router.memory_state import MemoryState
+from router.state import SharedState, StateSettings
 from tests.fixtures_redis import Backend
 
 def adm(

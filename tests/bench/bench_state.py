@@ -25,7 +25,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from router.limits import Admission, BudgetSpec, LimitSpec  # noqa: E402
-from router.state import SharedState, StateSettings, create_state  # noqa: E402
+from router.backends import create_state  # noqa: E402
+from router.state import SharedState, StateSettings  # noqa: E402
 from tests.fixtures_redis import RedisServer, start_cluster  # noqa: E402
 
 BIG = 10**12

@@ -1,0 +1,282 @@
+"""The connection to Redis: every script call of one event-loop iteration in one pipeline.
+
+A request's own path makes one call (its admit) and waits for that reply alone; settles and
+health records are handed over without waiting and ride along with the next batch. So
+however many requests are in flight, Redis sees one pipelined round trip per loop
+iteration, with one timeout for the whole batch instead of a timer per call.
+
+Faults: a batch that fails or passes `redis_timeout_s` marks Redis down (one warning per
+transition, router_redis_errors_total{op}, router_redis_up 0): callers fall back at once,
+settles are kept (up to `pending_settles`) and replayed when a background PING, with a
+doubling hold-off, finds Redis again. A call that timed out may still have run on Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+
+from router.state import StateSettings
+
+if TYPE_CHECKING:
+    from router.metrics import Metrics
+
+log = logging.getLogger("router.state")
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+REPLAY_CHUNK = 200  # settles replayed per pipeline once Redis is back
+
+Orphan = Callable[[Any], None]
+
+
+class Unavailable(Exception):
+    """Redis failed or is held off; the caller falls back."""
+
+
+class Command:
+    """One script call in a batch. `fut` is None for a call nobody waits on; `orphan` gets
+    the reply of a call whose waiter was cancelled (so it can undo what the script took);
+    `replay` keeps the call for when Redis is back if it could not be sent."""
+
+    __slots__ = ("name", "keys", "args", "fut", "orphan", "replay", "op")
+
+    def __init__(self, op: str, name: str, keys: Sequence[str], args: Sequence[str],
+                 fut: asyncio.Future[Any] | None, orphan: Orphan | None, replay: bool) -> None:
+        self.op, self.name, self.keys, self.args = op, name, keys, args
+        self.fut, self.orphan, self.replay = fut, orphan, replay
+
+
+def make_client(url: str, s: StateSettings) -> tuple[Redis | RedisCluster, bool]:
+    """(client, is_cluster) for redis://, rediss://, redis-cluster://, ...?cluster=true.
+    One immediate retry inside redis-py, for a pooled connection that went stale (Redis
+    restarted, Cluster client re-initialised); `redis_timeout_s` still bounds the batch."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    cluster = query.pop("cluster", ["false"])[0].lower() in ("1", "true", "yes") or parts.scheme.endswith("-cluster")
+    scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
+    clean = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query, doseq=True), parts.fragment))
+    kw: dict[str, Any] = {
+        "socket_timeout": s.redis_timeout_s,
+        "socket_connect_timeout": s.redis_timeout_s,
+        "retry": Retry(NoBackoff(), 1),
+    }
+    if cluster:
+        return RedisCluster.from_url(clean, max_connections=s.redis_max_connections, **kw), True
+    # a blocking pool: a burst past the pool size waits for a connection (within the
+    # timeout) instead of failing with "Too many connections"
+    pool = BlockingConnectionPool.from_url(clean, max_connections=s.redis_max_connections, timeout=s.redis_timeout_s, **kw)
+    return Redis.from_pool(pool), False
+
+
+class RedisLink:
+    """Batched script calls with fail-open plumbing; knows scripts, not what they mean."""
+
+    def __init__(self, url: str, settings: StateSettings, scripts: dict[str, str], metrics: Metrics | None = None) -> None:
+        self._s, self._metrics = settings, metrics
+        self._scripts = scripts
+        self._shas = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in scripts.items()}
+        self.client, self.cluster = make_client(url, settings)
+        self._queue: list[Command] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        self._pending: deque[Command] = deque(maxlen=settings.pending_settles)
+        self.up: bool | None = None  # None: not tried yet
+        self.reason = "not connected yet"
+        self._backoff, self._retry_at, self._up_since = settings.reconnect_min_s, 0.0, 0.0
+        self._probe_task: asyncio.Task[None] | None = None
+        self._cluster_ready, self._init_lock = False, asyncio.Lock()
+
+    # ---- calls ----------------------------------------------------------------------
+    def available(self) -> bool:
+        """Up (or never tried): use Redis. Down: fall back, and PING once the hold-off is over."""
+        if self.up is not False:
+            return True
+        if time.monotonic() >= self._retry_at and (self._probe_task is None or self._probe_task.done()):
+            self._probe_task = asyncio.get_running_loop().create_task(self._probe())
+        return False
+
+    def call(self, op: str, name: str, keys: Sequence[str], args: Sequence[str], orphan: Orphan | None = None,
+             replay: bool = False) -> asyncio.Future[Any]:
+        """The reply of one script call, sent with this iteration's batch; fails with Unavailable."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(Command(op, name, keys, args, fut, orphan, replay))
+        return fut
+
+    def send(self, op: str, name: str, keys: Sequence[str], args: Sequence[str], replay: bool = False) -> None:
+        """A call nobody waits for; with `replay` it is kept while Redis is down."""
+        if self.up is False:
+            if replay:
+                self._pending.append(Command(op, name, keys, args, None, None, True))
+            self.available()
+            return
+        self._enqueue(Command(op, name, keys, args, None, None, replay))
+
+    def _enqueue(self, cmd: Command) -> None:
+        if not self._queue:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._queue.append(cmd)
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[Command]) -> None:
+        try:
+            async with asyncio.timeout(self._s.redis_timeout_s):
+                await self._init_cluster()
+                replies = await self._pipeline(batch)
+        except Exception as e:
+            self._failed(batch, e)
+            return
+        failed = next((r for r in replies if isinstance(r, Exception)), None)
+        if failed is not None:
+            self._failed([c for c, r in zip(batch, replies, strict=True) if isinstance(r, Exception)], failed)
+        else:
+            self._mark_up()
+        for cmd, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                continue
+            if cmd.fut is None:
+                continue
+            if not cmd.fut.done():
+                cmd.fut.set_result(reply)
+            elif cmd.orphan is not None:
+                cmd.orphan(reply)
+
+    async def _pipeline(self, batch: Sequence[Command]) -> list[Any]:
+        """EVALSHA for all; the calls Redis has no script for yet go again as EVAL, which caches it."""
+        replies = await self._run(batch, sha=True)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            again = await self._run([batch[i] for i in missing], sha=False)
+            for i, r in zip(missing, again, strict=True):
+                replies[i] = r
+        return replies
+
+    async def _run(self, batch: Sequence[Command], sha: bool) -> list[Any]:
+        pipe: Any = self.client.pipeline(transaction=False)
+        # execute_command: a Cluster pipeline refuses its own evalsha method, not the command
+        for c in batch:
+            if sha:
+                pipe.execute_command("EVALSHA", self._shas[c.name], len(c.keys), *c.keys, *c.args)
+            else:
+                pipe.execute_command("EVAL", self._scripts[c.name], len(c.keys), *c.keys, *c.args)
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def _init_cluster(self) -> None:
+        if self.cluster and not self._cluster_ready:
+            async with self._init_lock:  # commands racing the first topology load fail
+                if not self._cluster_ready:
+                    await self.client.initialize()
+                    self._cluster_ready = True
+
+    def _failed(self, batch: Sequence[Command], e: BaseException) -> None:
+        if not isinstance(e, REDIS_ERRORS):
+            log.error("unexpected error from redis during %s: %r", batch[0].op if batch else "?", e)
+        self._mark_down(batch[0].op if batch else "batch", e)
+        for cmd in batch:
+            if cmd.fut is not None and not cmd.fut.done():
+                cmd.fut.set_exception(Unavailable(cmd.op))
+            if cmd.replay:
+                cmd.fut = None
+                self._pending.append(cmd)
+
+    # ---- down, hold-off, back -------------------------------------------------------
+    def _mark_down(self, op: str, e: BaseException) -> None:
+        if self._metrics is not None:
+            self._metrics.redis_errors.labels(op).inc()
+            self._metrics.redis_up.set(0)
+        self.reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if self.up is not False:
+            mode = "admitting without limits" if self._s.fail_open else "refusing requests (fail closed)"
+            log.warning("redis down (%s during %s): %s, health on local state", self.reason, op, mode)
+            # down again soon after coming back (a flapping link, a Cluster still converging):
+            # keep the longer hold-off instead of starting over at the shortest
+            steady = time.monotonic() - self._up_since > self._s.reconnect_max_s
+            self.up, self._backoff = False, self._s.reconnect_min_s if steady else self._backoff
+            self._retry_at = time.monotonic() + self._backoff
+
+    def _mark_up(self) -> None:
+        if self.up is not True:
+            if self.up is False:
+                log.warning("redis is back: shared limits and health again")
+            self.up, self._up_since = True, time.monotonic()
+            if self._metrics is not None:
+                self._metrics.redis_up.set(1)
+
+    async def ping(self) -> None:
+        """Standalone: PING. Cluster: every primary answers and sees cluster_state:ok (a
+        plain PING reaches one live node while another node's slots are unreachable)."""
+        async with asyncio.timeout(self._s.redis_timeout_s):
+            await self._init_cluster()
+            if not self.cluster:
+                await self.client.ping()
+                return
+            cluster: Any = self.client
+            info: dict[str, dict[str, str]] = await cluster.cluster_info(target_nodes=RedisCluster.PRIMARIES)
+        bad = [node for node, i in info.items() if i.get("cluster_state") != "ok"]
+        if bad:
+            raise RedisClusterException(f"cluster_state not ok on {', '.join(sorted(bad))}")
+
+    async def check(self) -> bool:
+        """/readyz: one PING now (when not held off)."""
+        if not self.available():
+            return False
+        try:
+            await self.ping()
+        except Exception as e:
+            self._mark_down("ping", e)
+            return False
+        self._mark_up()
+        return True
+
+    async def _probe(self) -> None:
+        """One check after the hold-off (doubling, with jitter); on success replay settles."""
+        try:
+            await self.ping()
+        except Exception as e:
+            if self._metrics is not None:
+                self._metrics.redis_errors.labels("ping").inc()
+            self.reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            self._backoff = min(self._s.reconnect_max_s, self._backoff * 2)
+            self._retry_at = time.monotonic() + self._backoff * random.uniform(0.8, 1.2)
+            return
+        self._mark_up()
+        while self._pending and self.up:
+            chunk = [self._pending.popleft() for _ in range(min(REPLAY_CHUNK, len(self._pending)))]
+            try:
+                async with asyncio.timeout(self._s.redis_timeout_s):
+                    replies = await self._pipeline(chunk)
+            except Exception as e:
+                self._failed(chunk, e)
+                return
+            bad = [(c, r) for c, r in zip(chunk, replies, strict=True) if isinstance(r, Exception)]
+            if bad:
+                self._failed([c for c, _ in bad], bad[0][1])
+                return
+
+    async def close(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            await asyncio.gather(self._probe_task, return_exceptions=True)
+        self._flush()
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=self._s.redis_timeout_s * 2)
+        if self._pending:
+            log.warning("shutting down with %d settle(s) Redis never received: their spend and token "
+                        "counts are lost", len(self._pending))
+        await self.client.aclose()

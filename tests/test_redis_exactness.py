@@ -1,0 +1,147 @@
+"""Redis state stays exact when callers leave, replies come late or twice, clocks disagree,
+windows grow large, and the process stops with work still queued.
+
+Each test owns a private redis-server (and, where replies must come late, a delaying relay
+in front of it, from test_redis_faults).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from router.backends import create_state
+from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec
+from router.state import SharedState, StateSettings
+from tests.fixtures_redis import RedisServer
+from tests.test_redis_faults import QUICK, SlowReplies, until
+
+
+async def admitted(s: SharedState, a: Admission) -> bool:
+    try:
+        await s.admit(a, [])
+    except LimitExceeded:
+        return False
+    return True
+
+
+def one_slot() -> Admission:
+    return Admission("team-a", LimitSpec(concurrent=1), None, "gpt-x", None, 10)
+
+
+async def test_an_admit_whose_caller_left_gives_its_concurrency_slot_back(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_server_factory()
+    slow = SlowReplies(server.port, delay=0)
+    a = create_state(await slow.start(), StateSettings(redis_timeout_s=2.0))
+    b = create_state(server.url, StateSettings(redis_timeout_s=2.0))
+    try:
+        a.settle_soon(*(await a.admit(one_slot(), []))[:1], None, None, 0.0)  # connected, scripts loaded
+        await until(lambda: _free(b))
+        slow.delay = 0.3
+        leaving = asyncio.ensure_future(a.admit(one_slot(), []))
+        await asyncio.sleep(0.1)  # the script has run on Redis; its answer is on the way
+        leaving.cancel()  # the client hung up while its request was being admitted
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        with pytest.raises(LimitExceeded):
+            await b.admit(one_slot(), [])  # the slot is taken for now
+        await until(lambda: _free(b))  # and comes back once the late answer arrives
+    finally:
+        await a.close()
+        await b.close()
+        await slow.close()
+
+
+async def _free(s: SharedState) -> bool:
+    """One slot free: take it and give it straight back."""
+    try:
+        grant, _ = await s.admit(one_slot(), [])
+    except LimitExceeded:
+        return False
+    await s.settle(grant, None, None, 0.0)
+    return True
+
+
+async def test_a_settle_replayed_after_it_already_ran_charges_the_budget_once(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """A settle whose reply timed out is queued and sent again when Redis is back, though it
+    may have run already: the reservation id makes the second one a no-op."""
+    server = redis_server_factory()
+    budget = Admission("team-a", None, BudgetSpec(daily_usd=1.5), "gpt-x", None, 10)
+    a, b = (create_state(server.url, StateSettings(**QUICK)) for _ in range(2))
+    try:
+        grant, _ = await a.admit(budget, [])
+        await a.settle(grant, None, None, 1.0)
+        await a.settle(replace(grant, settled=False), None, None, 1.0)  # the same settle, replayed
+        assert await admitted(b, budget)  # $1.00 of $1.50 spent, not $2.00
+        grant2, _ = await b.admit(budget, [])
+        await b.settle(grant2, None, None, 1.0)  # another request: it does count
+        assert not await admitted(b, budget)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_windows_run_on_redis_time_so_a_replica_with_a_fast_clock_cannot_empty_them(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_server_factory()
+    rpm3 = Admission("team-a", LimitSpec(rpm=3), None, "gpt-x", None, 10)
+    slow_clock = StateSettings(redis_timeout_s=2.0, clock=time.time)
+    fast_clock = StateSettings(redis_timeout_s=2.0, clock=lambda: time.time() + 90)
+    a, b = create_state(server.url, slow_clock), create_state(server.url, fast_clock)
+    try:
+        results = [await admitted((a, b)[i % 2], rpm3) for i in range(6)]
+        assert sum(results) == 3
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_refusing_a_large_tpm_request_costs_a_few_lookups_however_full_the_window(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """30,000 entries in the window; a refusal must not walk them (Redis counts the
+    commands scripts run, so the bound holds without timing anything)."""
+    server = redis_server_factory()
+    n = 30_000
+    tpm = LimitSpec(tpm=n)
+    s = create_state(server.url, StateSettings(redis_timeout_s=10.0))
+    try:
+        for start in range(0, n, 2_000):
+            oks = await asyncio.gather(*(admitted(s, Admission("k", tpm, None, "m", None, 1)) for _ in range(2_000)))
+            assert all(oks)
+        with server.client() as c:
+            c.config_resetstat()
+        with pytest.raises(LimitExceeded) as refused:
+            await s.admit(Admission("k", tpm, None, "m", None, n), [])
+        assert 1 <= int(refused.value.headers["retry-after"]) <= 60
+        with server.client() as c:
+            stats = c.info("commandstats")
+        lookups = sum(v["calls"] for k, v in stats.items()
+                      if k.split("_", 1)[1] in ("zrange", "zrangebyscore", "zrevrangebyscore", "hmget", "zscore"))
+        assert lookups <= 10, stats
+    finally:
+        await s.close()
+
+
+async def test_settles_still_queued_at_shutdown_are_logged(
+    redis_server_factory: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = redis_server_factory()
+    s = create_state(server.url, StateSettings(**QUICK))
+    grant, _ = await s.admit(Admission("team-a", LimitSpec(rpm=5), None, "gpt-x", None, 10), [])
+    server.stop()
+    await s.health(["t"])  # finds Redis gone
+    await s.settle(grant, None, 10, 0.5)  # queued for when it returns
+    with caplog.at_level(logging.WARNING, logger="router.state"):
+        await s.close()
+    assert "1 settle(s) Redis never received" in caplog.text
