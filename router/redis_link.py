@@ -27,7 +27,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from hiredis import pack_command
+from redis.exceptions import ConnectionError, NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from router.state import StateSettings
 
@@ -168,6 +169,11 @@ class RedisLink:
         return replies
 
     async def _run(self, batch: Sequence[Command], sha: bool) -> list[Any]:
+        if not self.cluster:
+            try:
+                return await self._run_raw(batch, sha)
+            except ConnectionError:  # a pooled connection Redis closed (restarted): once more, fresh
+                return await self._run_raw(batch, sha)
         pipe: Any = self.client.pipeline(transaction=False)
         # execute_command: a Cluster pipeline refuses its own evalsha method, not the command
         for c in batch:
@@ -176,6 +182,29 @@ class RedisLink:
             else:
                 pipe.execute_command("EVAL", self._scripts[c.name], len(c.keys), *c.keys, *c.args)
         return list(await pipe.execute(raise_on_error=False))
+
+    async def _run_raw(self, batch: Sequence[Command], sha: bool) -> list[Any]:
+        """Standalone: the batch packed in C (hiredis) and written at once on one pooled
+        connection, replies read in order; redis-py's pipeline packs each argument in Python."""
+        verb = "EVALSHA" if sha else "EVAL"
+        code = self._shas if sha else self._scripts
+        packed = b"".join([pack_command((verb, code[c.name], len(c.keys), *c.keys, *c.args)) for c in batch])
+        pool: Any = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in batch:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as e:
+                    replies.append(e)
+        except BaseException:
+            await conn.disconnect()  # replies may be left unread: never hand it out again
+            raise
+        finally:
+            await pool.release(conn)
+        return replies
 
     async def _init_cluster(self) -> None:
         if self.cluster and not self._cluster_ready:

@@ -43,7 +43,7 @@ log = logging.getLogger("router.state")
 HEALTH_TTL_MS = 86_400_000  # a target nobody calls for a day starts afresh
 SPEND_TTL_MS = 3 * 86_400_000  # a day's spend (and a reservation's paid marker); a month's is 21x
 PLAN_CACHE = 4096  # distinct (key, model, targets) combinations kept; past it the cache starts over
-Ops = dict[str, tuple[list[str], list[str]]]  # hash tag -> (keys, args) of a settle script
+Ops = dict[str, tuple[list[str], list[str]]]  # hash tag ("" standalone) -> (keys, args) of a settle script
 
 SCRIPTS = {
     "admit": LUA_PRELUDE + LUA_NOW + LUA_ADMIT,
@@ -277,7 +277,7 @@ class RedisState:
         for i in idx:
             c = plan.checks[i]
             if (c.kind == TPM and actual is not None) or c.kind == CONCURRENT or (actual == "refund" and c.kind == RPM):
-                keys, args = ops.setdefault(f"{c.scope}:{c.name}", ([], []))
+                keys, args = ops.setdefault(f"{c.scope}:{c.name}" if self.cluster else "", ([], []))
                 keys += plan.keys[i]
                 args += [c.kind, rid, actual or "", ""]
 
@@ -292,15 +292,15 @@ class RedisState:
         if grant is not None and grant.backend == "redis" and grant.key is not None and (micro := to_micro(cost_usd)) > 0:
             day, month, _, _ = self._periods(self._clock())
             b = self._base("key", grant.key)
-            keys, args = ops.setdefault(f"key:{grant.key}", ([], []))
+            keys, args = ops.setdefault(f"key:{grant.key}" if self.cluster else "", ([], []))
             keys += [f"{b}:spend:{day}", f"{b}:spend:{month}", f"{b}:paid:{grant.rid}"]
             args += ["spend", grant.rid, str(micro), str(SPEND_TTL_MS)]
         return ops
 
     def _batches(self, ops: Ops) -> list[tuple[list[str], list[str]]]:
-        """One settle script per hash tag in Cluster, one for everything standalone."""
-        groups = list(ops.values()) if self.cluster else [([k for v in ops.values() for k in v[0]], [a for v in ops.values() for a in v[1]])]
-        return [(keys, [str(len(args) // 4), *args]) for keys, args in groups if keys]
+        """One settle script per hash tag in Cluster, one for everything standalone (ops are
+        grouped under one tag there already)."""
+        return [(keys, [str(len(args) // 4), *args]) for keys, args in ops.values() if keys]
 
     def _send_ops(self, ops: Ops) -> None:
         for keys, args in self._batches(ops):

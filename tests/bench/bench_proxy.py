@@ -58,12 +58,13 @@ import re
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 UPSTREAM = textwrap.dedent('''
@@ -148,8 +149,13 @@ RELAY = textwrap.dedent('''
 ROUTES = textwrap.dedent('''
     providers:
       up: {kind: openai, base_url: "http://127.0.0.1:%d/v1"}
+    keys:
+      bench:
+        key_env: ROUTER_BENCH_KEY
+        limits: {rpm: 100000000, tpm: 100000000000, concurrent: 100000}
     models:
       m:
+        limits: {rpm: 100000000, tpm: 100000000000}
         targets:
           - {provider: up, model: m, price: {input: 1, output: 2}}
 ''')
@@ -295,96 +301,288 @@ def wrk(port: int, path: str, seconds: int, connections: int, script: Path) -> d
             "sockerr": sum(int(g) for g in sock.groups()) if sock else 0}
 
 
+def rss_kb(pid: int) -> int:
+    """Resident memory of pid and its descendants, in KiB."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def open_fds(pid: int) -> int:
+    return sum(len(os.listdir(f"/proc/{p}/fd")) for p in [pid, *descendants(pid)] if os.path.exists(f"/proc/{p}/fd"))
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                raw = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(raw[raw.rindex(")") + 2:].split()[1]), []).append(int(d))
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def hold_streams(port: int, path: str, body: bytes, key: str, n: int, pid: int) -> tuple[int, int]:
+    """Open n streams at once (the upstream sends slowly) and read the contender's resident
+    memory once every one has its first event; returns (RSS KiB, streams open)."""
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> tuple[int, int]:
+        opened = 0
+        started = asyncio.Event()
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as s:
+            async def one() -> None:
+                nonlocal opened
+                async with s.post(f"http://127.0.0.1:{port}{path}", data=body,
+                                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"}) as r:
+                    await r.content.readline()
+                    opened += 1
+                    if opened == n:
+                        started.set()
+                    await started.wait()
+                    await asyncio.sleep(1.0)
+            tasks = [asyncio.ensure_future(one()) for _ in range(n)]
+            try:
+                await asyncio.wait_for(started.wait(), 60)
+                await asyncio.sleep(0.5)
+                return rss_kb(pid), opened
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    return asyncio.run(run())
+
+
+def time_to_answer(argv: list[str], env: dict[str, str], cwd: Path, port: int, path: str, body: bytes,
+                   key: str, log_path: Path) -> float:
+    """Seconds from launching the contender to its first complete answer."""
+    t0 = time.monotonic()
+    with started(pinned(0, argv), log_path, env=env, cwd=cwd) as p:
+        while time.monotonic() - t0 < 30:
+            if p.poll() is not None:
+                raise RuntimeError(f"exited with {p.returncode}")
+            try:
+                probe(port, path, body, key, False, 0)
+                return time.monotonic() - t0
+            except (OSError, RuntimeError):
+                time.sleep(0.01)
+    raise RuntimeError("no answer within 30 s")
+
+
+def start_redis(tmp: Path, cluster: bool) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """A throwaway redis-server (or a 3-node Cluster) on core 1; returns (REDIS_URL, processes)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.fixtures_redis import RedisServer, start_cluster
+
+    if cluster:
+        nodes = start_cluster(shutil.which("redis-server") or "redis-server", shutil.which("redis-cli") or "redis-cli",
+                              tmp / "cluster")
+        for n in nodes:
+            subprocess.run(["taskset", "-pc", "1", str(n.proc.pid)], capture_output=True)  # type: ignore[union-attr]
+        return f"redis-cluster://127.0.0.1:{nodes[0].port}", [n.proc for n in nodes]  # type: ignore[misc]
+    server = RedisServer(shutil.which("redis-server") or "redis-server", tmp / "redis")
+    server.start()
+    subprocess.run(["taskset", "-pc", "1", str(server.proc.pid)], capture_output=True)  # type: ignore[union-attr]
+    return server.url, [server.proc]  # type: ignore[list-item]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=32)
-    ap.add_argument("--stream", action="store_true", help='request "stream": true; the upstream answers in SSE chunks')
-    ap.add_argument("--chunks", type=int, default=20, help="SSE events with text per streamed answer (default 20)")
-    ap.add_argument("--gap-ms", type=float, default=0.0, help="upstream pause between stream chunks (default 0)")
-    ap.add_argument("--endpoint", choices=["chat", "completions"], default="chat",
-                    help="POST /v1/chat/completions (default) or /v1/completions")
-    ap.add_argument("--litellm", metavar="PATH", help="LiteLLM's CLI (from its own venv) to add as a third contender")
-    ap.add_argument("--router-src", metavar="DIR", help="run the router from this source tree (PYTHONPATH) "
-                    "instead of the installed one, e.g. a `git archive HEAD` snapshot")
-    ap.add_argument("--only", help="comma-separated contenders to run (relay,router,litellm)")
+    ap.add_argument("--seconds", type=int, default=5, help="length of each timed wrk run (default 5)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per case; the table shows medians (default 3)")
+    ap.add_argument("--cases", default="req,stream,lat1",
+                    help="comma-separated cases: req (64 conns), stream (16 conns, 20 events), lat1 (1 conn), "
+                         "stream256 (256 conns, events 10 ms apart), open1000 (1,000 slow streams: RSS), "
+                         "startup (launch to first answer), soak (see --soak-seconds)")
+    ap.add_argument("--soak-seconds", type=int, default=600, help="length of the soak case (default 600)")
+    ap.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    ap.add_argument("--cluster", action="store_true", help="add the router on a 3-node Redis Cluster")
+    ap.add_argument("--no-redis", action="store_true", help="leave out the router on Redis")
+    ap.add_argument("--litellm", metavar="PATH", help="LiteLLM's CLI (from its own venv) to add as a contender")
+    ap.add_argument("--portkey", metavar="PATH", help="Portkey gateway's start script (node build/start-server.js)")
+    ap.add_argument("--router-src", metavar="DIR", help="run the router from this source tree (PYTHONPATH)")
+    ap.add_argument("--only", help="comma-separated contenders to run (relay,router,router+redis,...)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
+    cases = args.cases.split(",")
     chat = args.endpoint == "chat"
     path = "/v1/chat/completions" if chat else "/v1/completions"
-    body = request_body(chat, args.stream)
     key = "sk-bench-" + secrets.token_hex(24)
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     (tmp / "up.py").write_text(UPSTREAM)
     (tmp / "relay.py").write_text(RELAY)
-    (tmp / "req.lua").write_text(WRK_LUA % (key, body.decode()))
-    up_port = free_port()
-    results: dict[str, dict[str, float]] = {}
-    with started(pinned(1, [sys.executable, str(tmp / "up.py"), str(up_port), str(args.chunks), str(args.gap_ms)]),
-                 tmp / "upstream.log") as up:
-        wait_port(up_port, up)
-        (tmp / "routes.yaml").write_text(ROUTES % up_port)
-        router_env = dict(os.environ)
-        if args.router_src:
-            router_env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.router_src, os.environ.get("PYTHONPATH")]))
-        contenders: dict[str, tuple[list[str], dict[str, str], float]] = {
-            "relay": ([sys.executable, str(tmp / "relay.py"), "{port}", str(up_port)], dict(os.environ), 15),
-            "router": ([sys.executable, "-m", "router", "serve", "--config", str(tmp / "routes.yaml"),
-                        "--port", "{port}", "--log-level", "WARNING"], router_env, 15),
-        }
-        if args.litellm:
-            (tmp / "litellm.yaml").write_text(LITELLM_CONFIG % up_port)
-            env = dict(os.environ, LITELLM_MASTER_KEY=key, LITELLM_LOG="ERROR", LITELLM_MODE="PRODUCTION",
-                       LITELLM_LOCAL_MODEL_COST_MAP="True")
-            contenders["litellm"] = ([args.litellm, "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1",
-                                      "--port", "{port}", "--num_workers", "1"], env, 90)
-        else:
-            print("(LiteLLM skipped: pass --litellm /path/to/venv/bin/litellm to add it)")
-        if args.only:
-            keep = set(args.only.split(","))
-            contenders = {k: v for k, v in contenders.items() if k in keep}
-        for name, (argv, env, start_timeout) in contenders.items():
+    for stream in (False, True):
+        (tmp / f"req-{int(stream)}.lua").write_text(WRK_LUA % (key, request_body(chat, stream).decode()))
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    extra: dict[str, dict[str, float]] = {}
+    with contextlib.ExitStack() as stack:
+        ups = {}
+        for name, chunks, gap in (("fast", 20, 0.0), ("spaced", 20, 10.0), ("slow", 200, 100.0)):
             port = free_port()
-            with started(pinned(0, [a.replace("{port}", str(port)) for a in argv]), tmp / f"{name}.log",
-                         env=env, cwd=tmp) as p:
-                try:
-                    wait_port(port, p, start_timeout)
-                    print(f"{name:8} probe: {probe(port, path, body, key, args.stream, args.chunks)}", flush=True)
-                    wrk(port, path, 2, args.connections, tmp / "req.lua")  # warm-up
-                    cpu0 = cpu_seconds(p.pid)
-                    r = wrk(port, path, args.seconds, args.connections, tmp / "req.lua")
-                    r["cpu_ms"] = 1000 * (cpu_seconds(p.pid) - cpu0) / max(r["requests"], 1)
-                    results[name] = r
-                except Exception:
-                    print(f"{name} failed; its log: {tmp / f'{name}.log'}", file=sys.stderr)
-                    raise
+            p = stack.enter_context(started(pinned(1, [sys.executable, str(tmp / "up.py"), str(port), str(chunks), str(gap)]),
+                                            tmp / f"upstream-{name}.log"))
+            wait_port(port, p)
+            ups[name] = port
+        redis_urls: dict[str, str] = {}
+        if not args.no_redis:
+            url, procs = start_redis(tmp, False)
+            stack.callback(lambda: [p.terminate() for p in procs])
+            redis_urls["router+redis"] = url
+        if args.cluster:
+            url, cprocs = start_redis(tmp, True)
+            stack.callback(lambda: [p.terminate() for p in cprocs])
+            redis_urls["router+cluster"] = url
 
-    mode = f"stream, {args.chunks} chunks" + (f", {args.gap_ms:g} ms apart" if args.gap_ms else "") \
-        if args.stream else "non-stream"
-    print(f"\nPOST {path} ({mode}), {args.connections} connections, {args.seconds} s, contender on core 0")
-    print(f"{'':8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'sock err':>8} {'cpu ms/req':>10}")
-    for name, v in results.items():
-        print(f"{name:8} {v['rps']:8.0f} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f} {v['non2xx']:8d} {v['sockerr']:8d}"
-              f" {v['cpu_ms']:10.3f}")
-    base = results.get("relay")
-    if base:
-        print()
-        for name, v in results.items():
-            if name == "relay":
-                continue
-            added_ms = 1000 / v["rps"] - 1000 / base["rps"]
-            line = (f"{name}/relay: throughput {v['rps'] / base['rps']:.2f}x, p50 {v['p50_ms'] / base['p50_ms']:.2f}x; "
-                    f"added {added_ms:.3f} ms per request (1/rps)")
-            if args.stream:
-                line += f" = {1000 * added_ms / args.chunks:.1f} us per chunk"
-            line += f"; cpu/req {v['cpu_ms'] - base['cpu_ms']:+.3f} ms"
-            print(line)
-    bad = [n for n, v in results.items() if v["non2xx"] or v["sockerr"]]
-    if bad:
-        print(f"\nWARNING: non-2xx answers or socket errors from {', '.join(bad)}: their numbers are not comparable")
+        def contenders(up: int) -> dict[str, tuple[list[str], dict[str, str], float]]:
+            (tmp / f"routes-{up}.yaml").write_text(ROUTES % up)
+            env = dict(os.environ, ROUTER_BENCH_KEY=key)
+            if args.router_src:
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.router_src, os.environ.get("PYTHONPATH")]))
+            router = [sys.executable, "-m", "router", "serve", "--config", str(tmp / f"routes-{up}.yaml"),
+                      "--port", "{port}", "--log-level", "INFO"]  # INFO: the access log is on
+            out = {"relay": ([sys.executable, str(tmp / "relay.py"), "{port}", str(up)], dict(os.environ), 15.0),
+                   "router": (router, env, 15.0)}
+            for name, url in redis_urls.items():
+                out[name] = (router, dict(env, REDIS_URL=url), 15.0)
+            if args.litellm:
+                (tmp / "litellm.yaml").write_text(LITELLM_CONFIG % up)
+                lenv = dict(os.environ, LITELLM_MASTER_KEY=key, LITELLM_LOG="ERROR", LITELLM_MODE="PRODUCTION",
+                            LITELLM_LOCAL_MODEL_COST_MAP="True")
+                out["litellm"] = ([args.litellm, "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1",
+                                   "--port", "{port}", "--num_workers", "1"], lenv, 90.0)
+            if args.portkey:
+                out["portkey"] = (["node", args.portkey, "--port={port}"], dict(os.environ), 30.0)
+            if args.only:
+                keep = set(args.only.split(","))
+                out = {k: v for k, v in out.items() if k in keep}
+            return out
+
+        def run_contenders(up: str, fn: Callable[[str, int, subprocess.Popen[bytes]], None]) -> None:
+            """Start every contender in front of upstream `up` (all on core 0, idle ones cost
+            nothing), then hand each in turn to fn."""
+            with contextlib.ExitStack() as inner:
+                live = {}
+                for name, (argv, env, start_timeout) in contenders(ups[up]).items():
+                    port = free_port()
+                    p = inner.enter_context(started(pinned(0, [a.replace("{port}", str(port)) for a in argv]),
+                                                    tmp / f"{name}-{up}.log", env=env, cwd=tmp))
+                    live[name] = (port, p, start_timeout)
+                for name, (port, p, start_timeout) in live.items():
+                    wait_port(port, p, start_timeout)
+                for name, (port, p, _) in live.items():
+                    try:
+                        fn(name, port, p)
+                    except Exception:
+                        print(f"{name} failed; its log: {tmp / f'{name}-{up}.log'}", file=sys.stderr)
+                        raise
+
+        def timed(case: str, stream: bool, conns: int) -> Callable[[str, int, subprocess.Popen[bytes]], None]:
+            def fn(name: str, port: int, p: subprocess.Popen[bytes]) -> None:
+                probe(port, path, request_body(chat, stream), key, stream, 20)
+                wrk(port, path, 1, conns, tmp / f"req-{int(stream)}.lua")  # warm-up
+                cpu0 = cpu_seconds(p.pid)
+                r = wrk(port, path, args.seconds, conns, tmp / f"req-{int(stream)}.lua")
+                r["cpu_ms"] = 1000 * (cpu_seconds(p.pid) - cpu0) / max(r["requests"], 1)
+                results.setdefault(case, {}).setdefault(name, []).append(r)
+                print(f"  {case:9} {name:14} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms"
+                      f"  cpu {r['cpu_ms']:.3f} ms/req  errors {r['non2xx'] + r['sockerr']:.0f}", flush=True)
+            return fn
+
+        plans = {"req": ("fast", False, 64), "stream": ("fast", True, 16), "lat1": ("fast", False, 1),
+                 "stream256": ("spaced", True, 256)}
+        for case in cases:
+            if case in plans:
+                up, stream, conns = plans[case]
+                if case == "lat1":
+                    base = [wrk(ups[up], path, args.seconds, 1, tmp / "req-0.lua") for _ in range(args.rounds)]
+                    extra["upstream"] = {"p50_ms": median(b["p50_ms"] for b in base),
+                                         "p99_ms": median(b["p99_ms"] for b in base)}
+                for rnd in range(args.rounds):
+                    print(f"{case}, round {rnd + 1}/{args.rounds}", flush=True)
+                    run_contenders(up, timed(case, stream, conns))
+            elif case == "open1000":
+                def held(name: str, port: int, p: subprocess.Popen[bytes]) -> None:
+                    before = rss_kb(p.pid)
+                    after, n = hold_streams(port, path, request_body(chat, True), key, 1000, p.pid)
+                    extra.setdefault(name, {}).update(rss_idle_mb=before / 1024, rss_1000_mb=after / 1024, held=n)
+                    print(f"  open1000  {name:14} {n} streams open: {after / 1024:.1f} MB resident "
+                          f"(idle {before / 1024:.1f} MB)", flush=True)
+                run_contenders("slow", held)
+            elif case == "startup":
+                for name, (argv, env, _) in contenders(ups["fast"]).items():
+                    port = free_port()
+                    secs = median(time_to_answer([a.replace("{port}", str(port)) for a in argv], env, tmp, port, path,
+                                                 request_body(chat, False), key, tmp / f"{name}-startup.log")
+                                  for _ in range(args.rounds))
+                    extra.setdefault(name, {})["startup_s"] = secs
+                    print(f"  startup   {name:14} first answer {secs:.2f} s after launch", flush=True)
+            elif case == "soak":
+                def soak(name: str, port: int, p: subprocess.Popen[bytes]) -> None:
+                    if not name.startswith("router"):
+                        return
+                    wrk(port, path, 20, 64, tmp / "req-0.lua")  # warm-up
+                    rss0, fds0 = rss_kb(p.pid), open_fds(p.pid)
+                    r = wrk(port, path, args.soak_seconds, 64, tmp / "req-0.lua")
+                    time.sleep(1)
+                    rss1, fds1 = rss_kb(p.pid), open_fds(p.pid)
+                    extra.setdefault(name, {}).update(soak_rss_pct=100 * (rss1 - rss0) / rss0, soak_fds=fds1 - fds0)
+                    print(f"  soak      {name:14} {r['requests']:.0f} requests in {args.soak_seconds} s, errors "
+                          f"{r['non2xx'] + r['sockerr']:.0f}; RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MB "
+                          f"({100 * (rss1 - rss0) / rss0:+.1f}%), fds {fds0} -> {fds1}", flush=True)
+                run_contenders("fast", soak)
+            else:
+                print(f"unknown case {case!r}", file=sys.stderr)
+                return 2
+    report(results, extra, args.rounds)
     return 0
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def report(results: dict[str, dict[str, list[dict[str, float]]]], extra: dict[str, dict[str, float]], rounds: int) -> None:
+    print(f"\nMedians of {rounds} round(s); each contender on core 0, upstream, Redis and wrk on core 1.")
+    for case, by_name in results.items():
+        base = by_name.get("relay")
+        print(f"\n{case}: {'':14} {'req/s':>8} {'x relay':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10} {'errors':>7}")
+        for name, runs in by_name.items():
+            rps, p50, p99 = (median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms"))
+            cpu, errors = median(r["cpu_ms"] for r in runs), sum(r["non2xx"] + r["sockerr"] for r in runs)
+            ratio = rps / median(r["rps"] for r in base) if base else float("nan")
+            print(f"  {name:20} {rps:8.0f} {ratio:7.2f}x {p50:8.2f} {p99:8.2f} {cpu:10.3f} {errors:7.0f}")
+        if case == "lat1" and base and "upstream" in extra:
+            up = extra["upstream"]
+            b50 = median(r["p50_ms"] for r in base) - up["p50_ms"]
+            b99 = median(r["p99_ms"] for r in base) - up["p99_ms"]
+            print(f"  upstream alone: p50 {up['p50_ms']:.3f} ms, p99 {up['p99_ms']:.3f} ms; added over it:")
+            for name, runs in by_name.items():
+                a50 = median(r["p50_ms"] for r in runs) - up["p50_ms"]
+                a99 = median(r["p99_ms"] for r in runs) - up["p99_ms"]
+                print(f"  {name:20} added p50 {a50:.3f} ms ({a50 / b50:.2f}x relay's), "
+                      f"added p99 {a99:.3f} ms ({a99 / b99:.2f}x relay's)")
+    for name, v in extra.items():
+        if name != "upstream":
+            print(f"  {name:20} " + ", ".join(f"{k} {x:.2f}" for k, x in v.items()))
 
 
 if __name__ == "__main__":
