@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import socket
 import sys
 from typing import Sequence
 
@@ -14,6 +16,7 @@ from aiohttp import web
 from router.app import create_app
 from router.routes import ConfigError, RouteTable, load
 from router.settings import ServeSettings
+from router.workers import listen, refusal, serve_workers, worker_count
 
 log = logging.getLogger("router")
 
@@ -57,13 +60,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     table = _load(settings.config_path)
     if table is None:
         return 2
+    try:
+        workers = worker_count(args.workers)
+    except ValueError as exc:
+        print(f"router serve: {exc}", file=sys.stderr)
+        return 2
+    refused = refusal(table, workers, settings.redis_url)
+    if refused is not None:
+        print(f"router serve: {refused}", file=sys.stderr)
+        return 2
     _setup_logging(args.log_level)
-    app = create_app(settings, table, watch=True)
     log.info("serving %d model(s) from %s on http://%s:%d", len(table.groups), settings.config_path,
              settings.host, settings.port)
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, handler_cancellation=True,
-                print=None, loop=_new_loop())
-    return 0
+    if workers == 1:
+        _run(settings, table, None)
+        return 0
+    try:
+        sock = listen(settings.host, settings.port)
+    except OSError as exc:
+        print(f"router serve: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 2
+    return serve_workers(workers, sock, lambda s: _run(settings, None, s))
+
+
+def _run(settings: ServeSettings, table: RouteTable | None, sock: socket.socket | None) -> None:
+    """One serving process: its own event loop, app, sessions and Redis connections."""
+    app = create_app(settings, table, watch=True)
+    where = {"sock": sock} if sock is not None else {"host": settings.host, "port": settings.port}
+    web.run_app(app, access_log=None, handler_cancellation=True, print=None, loop=_new_loop(), **where)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -112,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="listen port (default 8080)")
     s.add_argument("--log-level", default="INFO")
+    s.add_argument("--workers", default=os.environ.get("ROUTER_WORKERS", "1"), metavar="N",
+                   help="serving processes on the one port: a number, or 'auto' for one per core (default 1)")
     s.set_defaults(func=cmd_serve)
     c = sub.add_parser("check", help="validate a routes file and say exactly what is wrong")
     c.add_argument("path", nargs="?", default="routes.yaml")

@@ -7,7 +7,9 @@ by its configured name, a model the config does not know is counted as `unknown`
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import generate_latest
 
 UNKNOWN = "unknown"
@@ -25,6 +27,11 @@ class Metrics:
     """The proxy's metrics on one registry; `render()` is the /metrics body."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # `router serve --workers N` sets PROMETHEUS_MULTIPROC_DIR: values then live in files
+        # there that every worker's /metrics sums (the gauges say how, below).
+        self._shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if self._shared_dir:
+            values.ValueClass = values.MultiProcessValue()
         r = self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "router_requests_total",
@@ -107,11 +114,13 @@ class Metrics:
             "Circuit breaker state per target: 0 closed, 1 half-open, 2 open.",
             ["target"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.in_flight = Gauge(
             "router_requests_in_flight",
             "Client requests being served right now.",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.config_reloads = Counter(
             "router_config_reloads_total",
@@ -129,11 +138,13 @@ class Metrics:
             "router_redis_up",
             "1 when the shared-state backend answers, 0 while the proxy runs on local state.",
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.config_info = Gauge(
             "router_config_generation",
             "Generation number of the routes table in force (rises on every successful reload).",
             registry=r,
+            multiprocess_mode="livemin",
         )
 
         self._circuit_seen: dict[str, str] = {}
@@ -148,4 +159,8 @@ class Metrics:
             self.circuit_state.labels(target).set(CIRCUIT_STATES[state])
 
     def render(self) -> bytes:
+        if self._shared_dir:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self._shared_dir)
+            return generate_latest(registry)
         return generate_latest(self.registry)
