@@ -188,8 +188,10 @@ class RedisLink:
         connection, replies read in order; redis-py's pipeline packs each argument in Python."""
         verb = "EVALSHA" if sha else "EVAL"
         code = self._shas if sha else self._scripts
-        packed = b"".join([pack_command((verb, code[c.name], len(c.keys), *c.keys, *c.args)) for c in batch])
-        pool: Any = self.client.connection_pool
+        packed = b"".join([pack_command((verb, code[c.name], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
+                           for c in batch])
+        client: Any = self.client
+        pool = client.connection_pool
         conn = await pool.get_connection()
         try:
             await conn.send_packed_command(packed, check_health=False)

@@ -131,9 +131,9 @@ def serve_workers(n: int, sock: socket.socket, run_worker: Callable[[socket.sock
             break
         except InterruptedError:
             continue
-        slot = workers.pop(pid, None)
-        if slot is None:
+        if pid not in workers:
             continue
+        slot = workers.pop(pid)
         _mark_dead(pid)
         exit_code = os.waitstatus_to_exitcode(code)
         if stopping:
