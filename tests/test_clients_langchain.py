@@ -49,17 +49,24 @@ async def test_langchain_chat_invoke(vendors, demo_proxy) -> None:
     assert vendors.cogito.control.requests[-1].body["messages"] == [{"role": "user", "content": "Hello"}]
 
 
-async def test_langchain_chat_ainvoke(vendors, demo_proxy) -> None:
-    message = await chat(demo_proxy, "llama").ainvoke("Hello")
+# Every demo model: Cogito, Poolside, Nebius, and a fallback from Cogito to Interactive.
+SERVED_BY = {"kimi": "cogito", "malibu": "poolside", "llama": "nebius", "fallback-demo": "interactive"}
+
+
+@pytest.mark.parametrize("model", list(SERVED_BY))
+async def test_langchain_chat_ainvoke_on_every_vendor(vendors, demo_proxy, model) -> None:
+    message = await chat(demo_proxy, model).ainvoke("Hello")
     assert message.content == "Hello from the stand-in."
-    assert len(vendors.nebius.control.requests) == 1
+    assert message.response_metadata["model_name"] == model
+    assert len(vendors[SERVED_BY[model]].control.requests) == 1
 
 
-async def test_langchain_chat_stream_arrives_in_pieces(vendors, demo_proxy) -> None:
-    chunks = [c async for c in chat(demo_proxy).astream("Hello")]
+@pytest.mark.parametrize("model", list(SERVED_BY))
+async def test_langchain_chat_stream_arrives_in_pieces(vendors, demo_proxy, model) -> None:
+    chunks = [c async for c in chat(demo_proxy, model).astream("Hello")]
     assert len([c for c in chunks if c.content]) == 3  # the stand-in's three pieces
     assert "".join(str(c.content) for c in chunks) == "Hello from the stand-in."
-    assert vendors.cogito.control.requests[-1].body["stream"] is True
+    assert vendors[SERVED_BY[model]].control.requests[-1].body["stream"] is True
 
 
 async def test_langchain_max_tokens_reaches_the_vendor(vendors, demo_proxy) -> None:
@@ -101,10 +108,11 @@ async def test_langchain_streams_a_tool_call_in_pieces(vendors, demo_proxy) -> N
     assert [(t["name"], t["args"]) for t in whole.tool_calls] == [("get_weather", {"city": "Weather in Oslo?"})]
 
 
-async def test_langchain_with_structured_output(vendors, demo_proxy) -> None:
-    person = await chat(demo_proxy).with_structured_output(Person).ainvoke("Who is Ada?")
+@pytest.mark.parametrize(("method", "sent"), [("json_schema", "response_format"), ("function_calling", "tools")])
+async def test_langchain_with_structured_output(vendors, demo_proxy, method, sent) -> None:
+    person = await chat(demo_proxy).with_structured_output(Person, method=method).ainvoke("Who is Ada?")
     assert person == Person(name="Who is Ada?", age=1)
-    assert vendors.cogito.control.requests[-1].body["response_format"]["type"] == "json_schema"
+    assert sent in vendors.cogito.control.requests[-1].body
 
 
 async def test_langchain_llm_batch_of_prompts(vendors, demo_proxy) -> None:

@@ -8,7 +8,9 @@ this loop. LiteLLM reads its cost map from its own package, not the network.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -24,6 +26,20 @@ litellm.suppress_debug_info = True
 pytestmark = pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
 
 HELLO = [{"role": "user", "content": "Hello"}]
+
+
+@pytest.fixture(autouse=True)
+async def fresh_litellm_clients() -> AsyncIterator[None]:
+    """LiteLLM caches its HTTP clients across calls; each test has its own loop and proxy, so
+    close them with it rather than leave sockets for the garbage collector to complain of."""
+    yield
+    cache = litellm.in_memory_llm_clients_cache
+    for client in list(cache.cache_dict.values()):
+        close = getattr(client, "close", None)
+        closing = close() if callable(close) else None
+        if inspect.isawaitable(closing):
+            await closing
+    cache.flush_cache()
 
 
 def via(proxy: RunningProxy) -> dict[str, Any]:
@@ -45,10 +61,15 @@ async def test_litellm_completion_stream(vendors, demo_proxy) -> None:
     assert vendors.cogito.control.requests[-1].body["stream"] is True
 
 
-async def test_litellm_acompletion(vendors, demo_proxy) -> None:
-    r = await litellm.acompletion(model="openai/llama", messages=HELLO, **via(demo_proxy))
+# Every demo model: Cogito, Poolside, Nebius, and a fallback from Cogito to Interactive.
+SERVED_BY = {"kimi": "cogito", "malibu": "poolside", "llama": "nebius", "fallback-demo": "interactive"}
+
+
+@pytest.mark.parametrize("model", list(SERVED_BY))
+async def test_litellm_acompletion_on_every_vendor(vendors, demo_proxy, model) -> None:
+    r = await litellm.acompletion(model=f"openai/{model}", messages=HELLO, **via(demo_proxy))
     assert r.choices[0].message.content == "Hello from the stand-in."
-    assert len(vendors.nebius.control.requests) == 1
+    assert vendors[SERVED_BY[model]].control.requests[-1].path.endswith("/chat/completions")
 
 
 async def test_litellm_acompletion_stream(vendors, demo_proxy) -> None:
@@ -83,7 +104,10 @@ async def test_litellm_text_completion_stream(vendors, demo_proxy) -> None:
     assert sent.path == "/v1/completions" and sent.body["stream"] is True
 
 
-async def test_litellm_atext_completion_on_a_poolside_model(vendors, demo_proxy) -> None:
-    r = await litellm.atext_completion(model="text-completion-openai/malibu", prompt="Say hi", **via(demo_proxy))
+@pytest.mark.parametrize("model", list(SERVED_BY))
+async def test_litellm_atext_completion_on_every_vendor(vendors, demo_proxy, model) -> None:
+    r = await litellm.atext_completion(model=f"text-completion-openai/{model}", prompt="Say hi", **via(demo_proxy))
     assert r.choices[0].text == "Hello from the stand-in."
-    assert vendors.poolside.control.requests[-1].body["prompt"] == "Say hi"
+    sent = vendors[SERVED_BY[model]].control.requests[-1]
+    assert sent.path.endswith("/completions") and not sent.path.endswith("/chat/completions")
+    assert sent.body["prompt"] == "Say hi"
