@@ -136,7 +136,8 @@ def sample(schema: Any, text: str, root: Any = None, depth: int = 0) -> Any:
     if kind is None:
         kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
     if kind == "object":
-        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        declared = schema.get("properties")
+        props: dict[str, Any] = declared if isinstance(declared, dict) else {}
         out = {name: sample(sub, text, root, depth + 1) for name, sub in props.items()}
         for name in schema.get("required") or ():
             out.setdefault(name, text)
@@ -145,9 +146,12 @@ def sample(schema: Any, text: str, root: Any = None, depth: int = 0) -> Any:
         count = max(1, int(schema.get("minItems") or 1))
         return [sample(schema.get("items", {}), text, root, depth + 1) for _ in range(count)]
     if kind in ("integer", "number"):
-        low = schema.get("minimum", schema.get("exclusiveMinimum", 1))
-        value = max(1, low + (1 if "exclusiveMinimum" in schema else 0))
-        if "maximum" in schema:
+        low = schema.get("minimum")
+        if not isinstance(low, (int, float)):
+            above = schema.get("exclusiveMinimum")
+            low = above + 1 if isinstance(above, (int, float)) else 1
+        value = max(1, low)
+        if isinstance(schema.get("maximum"), (int, float)):
             value = min(value, schema["maximum"])
         return int(value) if kind == "integer" else float(value)
     if kind == "boolean":

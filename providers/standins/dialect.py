@@ -253,16 +253,17 @@ class Dialect:
         deltas for chat. A tool call streams as OpenAI's does: a first delta with the call's
         id, type and name (arguments ""), then argument fragments, then an empty delta."""
         if call.op == "completions":
-            return list(split_text(answer.text, count))
+            return [*split_text(answer.text, count)]
         if not answer.tool_calls:
             parts = split_text(answer.text, count)
             return [{"role": "assistant", "content": parts[0]}, *({"content": p} for p in parts[1:])]
         deltas: list[str | dict[str, Any]] = []
         for i, t in enumerate(answer.tool_calls):
             head = {"index": i, "id": t.id, "type": "function", "function": {"name": t.name, "arguments": ""}}
-            first = {"role": "assistant", "content": self.no_content, "tool_calls": [head]} if i == 0 else \
-                {"tool_calls": [head]}
-            deltas.append(first)
+            opening: dict[str, Any] = {"tool_calls": [head]}
+            if i == 0:
+                opening = {"role": "assistant", "content": self.no_content, **opening}
+            deltas.append(opening)
             deltas.extend({"tool_calls": [{"index": i, "function": {"arguments": p}}]}
                           for p in split_text(t.arguments, count))
         deltas.append({})
