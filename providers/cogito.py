@@ -21,7 +21,8 @@ class CogitoAdapter(Adapter):
     }
 
     def translate(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Cogito's chat schema takes roles system/user/assistant/tool and string content."""
+        """Cogito's chat schema takes roles system/user/assistant/tool and string content
+        (never null)."""
         if endpoint == Endpoint.CHAT:
             body["messages"] = [self._message(i, m) for i, m in enumerate(body["messages"])]
         return body
@@ -30,9 +31,11 @@ class CogitoAdapter(Adapter):
         role, content = m.get("role"), m.get("content")
         if role not in _ROLES and role != "developer":
             raise Unsupported(self.name, f"messages[{i}].role", f"cogito takes the roles {', '.join(_ROLES)}")
-        if role == "developer" or isinstance(content, list):
+        if role == "developer" or isinstance(content, list) or (content is None and "content" in m):
             m = dict(m)
             m["role"] = "system" if role == "developer" else role
+            if content is None:  # an assistant's tool-call turn: OpenAI's null, Cogito's string
+                m["content"] = ""
             if isinstance(content, list):
                 if any(part.get("type") != "text" for part in content):
                     raise Unsupported(self.name, f"messages[{i}].content", "cogito takes text only")

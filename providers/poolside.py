@@ -26,6 +26,10 @@ class PoolsideAdapter(Adapter):
     takes = {**Adapter.takes, Endpoint.COMPLETIONS: _COMPLETION_FIELDS}
 
     def translate(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        # OpenAI reads null as "not set" (LangChain's OpenAI sends `seed: null`); Poolside's
+        # schema types are not nullable.
+        for name in [k for k, v in body.items() if v is None]:
+            del body[name]
         stop = body.get("stop")
         if isinstance(stop, str):
             body["stop"] = [stop]

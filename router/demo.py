@@ -7,6 +7,7 @@ routing, the fallbacks and the one OpenAI shape, with real sockets and real dial
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -20,6 +21,31 @@ from router.settings import ServeSettings
 log = logging.getLogger("router.demo")
 
 VENDORS = ("cogito", "poolside", "nebius", "interactive")
+
+_ASK = [{"role": "user", "content": "Hello"}]
+_WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+_CITY = {"type": "json_schema", "json_schema": {"name": "city", "schema": {
+    "type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+    "required": ["city", "population"]}}}
+# What the demo suggests trying, as (path, body, streamed): a chat, a fallback, a tool call
+# and a JSON answer (kimi's first target, Cogito, takes tools and response_format).
+EXAMPLES: list[tuple[str, dict[str, Any], bool]] = [
+    ("/v1/chat/completions", {"model": "kimi", "messages": _ASK}, False),
+    ("/v1/completions", {"model": "fallback-demo", "prompt": "Say hi", "stream": True}, True),
+    ("/v1/chat/completions", {"model": "kimi", "messages": [
+        {"role": "user", "content": "Weather in Paris?"}], "tools": [_WEATHER]}, False),
+    ("/v1/chat/completions", {"model": "kimi", "messages": [
+        {"role": "user", "content": "Name a city"}], "response_format": _CITY}, False),
+]
+
+
+def example_commands(base: str) -> str:
+    """The EXAMPLES as curl commands against `base`, as the demo prints them."""
+    return "\n".join(
+        f"  curl -s{'N' if streamed else ''} {base}{path} -H 'Content-Type: application/json' \\\n"
+        f"    -d '{json.dumps(body)}'"
+        for path, body, streamed in EXAMPLES)
 
 
 def demo_routes(urls: dict[str, str]) -> dict[str, Any]:
@@ -71,12 +97,9 @@ async def run_demo(host: str, port: int, *, ready: asyncio.Event | None = None) 
         log.warning("demo: no client keys configured, the proxy is open to anyone who can reach %s", base)
         print(f"""
 router demo: the proxy is on {base}, in front of local stand-ins of {', '.join(VENDORS)}.
-Models: {', '.join(table.groups)}.  Try:
+Models: {', '.join(table.groups)}.  Try a chat, a fallback, a tool call and a JSON answer:
 
-  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{{"model": "kimi", "messages": [{{"role": "user", "content": "Hello"}}]}}'
-  curl -sN {base}/v1/completions -H 'Content-Type: application/json' \\
-    -d '{{"model": "fallback-demo", "prompt": "Say hi", "stream": true}}'
+{example_commands(base)}
   curl -s {base}/v1/models;  curl -s {base}/metrics | grep router_spend
 
 Ctrl-C stops it.

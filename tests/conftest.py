@@ -5,4 +5,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures_vendors",
     "tests.fixtures_prometheus",
     "tests.fixtures_proxy",
+    "tests.fixtures_clients",
 ]

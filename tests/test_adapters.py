@@ -32,6 +32,7 @@ async def sent(proxy, vendors, kind, **body):
     ("poolside", {"prompt": "x", "presence_penalty": 0}, {"presence_penalty": None}),
     ("poolside", {"prompt": "x", "user": "u-1"}, {"user": None}),
     ("poolside", {"prompt": "x", "max_tokens": 9, "extra_body": {"top_k": 5}}, {"max_tokens": 9, "top_k": 5}),
+    ("poolside", {"prompt": "x", "seed": None, "extra_body": {"top_k": None}}, {"seed": "absent", "top_k": "absent"}),
     ("cogito", {"prompt": "x", "stop": "END", "extra_body": {"ignore_eos": True}}, {"stop": "END", "ignore_eos": True}),
     ("nebius", {"prompt": ["a", "b"], "n": 2, "user": "u-1"}, {"prompt": ["a", "b"], "n": 2, "user": "u-1"}),
     ("interactive", {"prompt": "x", "extra_body": {"models": ["via-nebius"]}, "suffix": "!"},
@@ -40,7 +41,8 @@ async def sent(proxy, vendors, kind, **body):
 async def test_adapter_translates_body_for_vendor(kind, given, received, proxy, vendors):
     req = await sent(proxy, vendors, kind, **given)
     for field, value in received.items():
-        assert req.body.get(field) == value, (field, req.body)
+        assert req.body.get(field, "absent") == value if value == "absent" else req.body.get(field) == value, \
+            (field, req.body)
 
 
 async def test_nebius_project_option_becomes_query_parameter(proxy, vendors):
@@ -147,6 +149,12 @@ def test_retry_after_is_read_from_vendor_429():
      [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]),
     ([{"role": "user", "content": [{"type": "text", "text": "one "}, {"type": "text", "text": "two"}]}],
      [{"role": "user", "content": "one two"}]),
+    ([{"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+                                                             "function": {"name": "f", "arguments": "{}"}}]},
+      {"role": "tool", "tool_call_id": "c1", "content": "42"}],
+     [{"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function",
+                                                           "function": {"name": "f", "arguments": "{}"}}]},
+      {"role": "tool", "tool_call_id": "c1", "content": "42"}]),
 ])
 async def test_cogito_chat_gets_its_roles_and_string_content(messages, received, proxy, vendors):
     await proxy.client().chat.completions.create(model="via-cogito", messages=messages)

@@ -18,6 +18,11 @@ CACHED_INPUT_TOKENS = 2  # reported on chat usage, so adapters can be tested map
 class CogitoDialect(Dialect):
     kind: ClassVar[str] = "cogito"
     prefix: ClassVar[str] = "/v1"
+    # Its chat page documents tools, tool_choice and response_format; neither page has `n`.
+    features: ClassVar[dict[str, frozenset[str]]] = {
+        "completions": frozenset(), "chat": frozenset({"tools", "response_format"}),
+    }
+    no_content: ClassVar[str | None] = ""  # its chat message `content` is a string
     codes: ClassVar[dict[str, str | None]] = {
         **Dialect.codes,
         "bad_request": "invalid_request_error",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from providers.standins.answers import Answer, compose
 from providers.standins.base import Fail, Reply
 
 # Default human-readable messages; dialects reuse them inside their own error shapes.
@@ -51,11 +52,18 @@ class Call:
         options = self.body.get("stream_options")
         return isinstance(options, dict) and options.get("include_usage") is True
 
+    @property
+    def last_role(self) -> str | None:
+        """The role of a chat's last message: `tool` when a tool's result is being answered."""
+        messages = self.body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        return last.get("role") if isinstance(last, dict) else None
+
     def prompts(self) -> list[str]:
-        """One short text per choice to answer: each prompt of a batch, or the last user message."""
+        """What each prompt says: each prompt of a batch, or the last user (or tool) message."""
         if self.op == "chat":
             for message in reversed(self.body.get("messages") or []):
-                if isinstance(message, dict) and message.get("role") == "user":
+                if isinstance(message, dict) and message.get("role") in ("user", "tool"):
                     return [_text_of(message.get("content"))]
             return [""]
         prompt = self.body.get("prompt")
@@ -73,6 +81,13 @@ class Call:
         return MESSAGES[kind].format(model=self.model, param=param or "body", path=self.path)
 
 
+def split_text(text: str, pieces: int) -> list[str]:
+    """`text` cut into `pieces` nearly equal parts (some empty when the text is short)."""
+    pieces = max(1, pieces)
+    bounds = [round(i * len(text) / pieces) for i in range(pieces + 1)]
+    return [text[bounds[i] : bounds[i + 1]] for i in range(pieces)]
+
+
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -87,6 +102,15 @@ class Dialect:
     kind: ClassVar[str] = "openai"
     prefix: ClassVar[str] = "/v1"  # server path before /completions and /chat/completions
     model_required: ClassVar[bool] = True
+    # The request fields, beyond plain text generation, the vendor's contract takes per
+    # operation and the stand-in honours (see answers.py); others are ignored.
+    features: ClassVar[dict[str, frozenset[str]]] = {
+        "completions": frozenset({"n"}),
+        "chat": frozenset({"n", "tools", "response_format"}),
+    }
+    # A tool-call message's `content`: OpenAI sends null; a vendor whose schema types it
+    # a string sends "".
+    no_content: ClassVar[str | None] = None
     statuses: ClassVar[dict[str, int]] = {
         "model_not_found": 404,
         "context_length": 400,
@@ -195,17 +219,28 @@ class Dialect:
         """`finish_reason` of a chunk that is not the last of its choice."""
         return None
 
-    def success(self, call: Call, reply: Reply, texts: list[str]) -> dict[str, Any]:
-        """The whole non-streaming body, one choice per text."""
+    def answers(self, call: Call, texts: list[str]) -> list[Answer]:
+        """The choices for `texts` (one per prompt), as far as this vendor honours the request."""
+        return compose(call.body, self.features[call.op], call.prompts(), texts, call.request_id, call.last_role)
+
+    def message(self, answer: Answer) -> dict[str, Any]:
+        if not answer.tool_calls:
+            return {"role": "assistant", "content": answer.text}
+        calls = [{"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments}}
+                 for t in answer.tool_calls]
+        return {"role": "assistant", "content": self.no_content, "tool_calls": calls}
+
+    def success(self, call: Call, reply: Reply, answers: list[Answer]) -> dict[str, Any]:
+        """The whole non-streaming body, one choice per answer."""
         body = self.envelope(call, chunk=False)
         choices = []
-        for index, text in enumerate(texts):
+        for index, answer in enumerate(answers):
             choice: dict[str, Any] = {"index": self.number(index)}
             if call.op == "chat":
-                choice["message"] = {"role": "assistant", "content": text}
+                choice["message"] = self.message(answer)
             else:
-                choice["text"] = text
-            choice["finish_reason"] = "stop"
+                choice["text"] = answer.text
+            choice["finish_reason"] = answer.finish_reason
             choice.update(self.choice_extras(call, final=True))
             choices.append(choice)
         body["choices"] = choices
@@ -213,16 +248,37 @@ class Dialect:
         body.update(self.extras(call))
         return body
 
-    def chunk(self, call: Call, index: int, piece: str, first: bool, final: bool) -> dict[str, Any]:
-        """One SSE content event: `piece` of choice `index`."""
+    def pieces(self, call: Call, answer: Answer, count: int) -> list[str | dict[str, Any]]:
+        """What a stream sends of one choice, event by event: text pieces for completions,
+        deltas for chat. A tool call streams as OpenAI's does: a first delta with the call's
+        id, type and name (arguments ""), then argument fragments, then an empty delta."""
+        if call.op == "completions":
+            return [*split_text(answer.text, count)]
+        if not answer.tool_calls:
+            parts = split_text(answer.text, count)
+            return [{"role": "assistant", "content": parts[0]}, *({"content": p} for p in parts[1:])]
+        deltas: list[str | dict[str, Any]] = []
+        for i, t in enumerate(answer.tool_calls):
+            head = {"index": i, "id": t.id, "type": "function", "function": {"name": t.name, "arguments": ""}}
+            opening: dict[str, Any] = {"tool_calls": [head]}
+            if i == 0:
+                opening = {"role": "assistant", "content": self.no_content, **opening}
+            deltas.append(opening)
+            deltas.extend({"tool_calls": [{"index": i, "function": {"arguments": p}}]}
+                          for p in split_text(t.arguments, count))
+        deltas.append({})
+        return deltas
+
+    def chunk(self, call: Call, index: int, piece: str | dict[str, Any], finish: str | None) -> dict[str, Any]:
+        """One SSE content event of choice `index`; `finish` is set on the choice's last one."""
         body = self.envelope(call, chunk=True)
         choice: dict[str, Any] = {"index": self.number(index)}
         if call.op == "chat":
-            choice["delta"] = {"role": "assistant", "content": piece} if first else {"content": piece}
+            choice["delta"] = piece
         else:
             choice["text"] = piece
-        choice["finish_reason"] = "stop" if final else self.unfinished(call)
-        choice.update(self.choice_extras(call, final))
+        choice["finish_reason"] = finish if finish is not None else self.unfinished(call)
+        choice.update(self.choice_extras(call, finish is not None))
         body["choices"] = [choice]
         body.update(self.extras(call))
         return body

@@ -22,6 +22,11 @@ class InteractiveDialect(Dialect):
     kind: ClassVar[str] = "interactive"
     prefix: ClassVar[str] = "/api/v1"
     model_required: ClassVar[bool] = False
+    # CompletionCreateParams takes `n` and `response_format` (json_object, json_schema and
+    # more); its chat is assumed alike. No tools.
+    features: ClassVar[dict[str, frozenset[str]]] = {
+        "completions": frozenset({"n", "response_format"}), "chat": frozenset({"n", "response_format"}),
+    }
     statuses: ClassVar[dict[str, int]] = {**Dialect.statuses, "model_not_found": 400}
     codes: ClassVar[dict[str, str | None]] = {
         **Dialect.codes,

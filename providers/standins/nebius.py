@@ -25,6 +25,8 @@ DETAILS = {
 class NebiusDialect(Dialect):
     kind: ClassVar[str] = "nebius"
     prefix: ClassVar[str] = "/v1"
+    # CompletionRequest takes `n` (its chat is assumed alike); no tools or response_format.
+    features: ClassVar[dict[str, frozenset[str]]] = {"completions": frozenset({"n"}), "chat": frozenset({"n"})}
     statuses: ClassVar[dict[str, int]] = {**Dialect.statuses, "bad_request": 422}
 
     def error(self, call: Call, kind: str, param: str | None) -> tuple[int, dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from providers.standins.answers import Answer
 from providers.standins.base import Fail
 from providers.standins.dialect import Call, Dialect
 
@@ -23,6 +24,8 @@ LOCATIONS = {"model_not_found": "model", "context_length": "max_tokens"}
 class PoolsideDialect(Dialect):
     kind: ClassVar[str] = "poolside"
     prefix: ClassVar[str] = "/openai/v1"
+    # CreateCompletionBody has no n, tools or response_format (its chat is assumed alike).
+    features: ClassVar[dict[str, frozenset[str]]] = {"completions": frozenset(), "chat": frozenset()}
     statuses: ClassVar[dict[str, int]] = {**Dialect.statuses, "model_not_found": 400}
     codes: ClassVar[dict[str, str | None]] = {
         "model_not_found": "model-not-found",
@@ -89,8 +92,8 @@ class PoolsideDialect(Dialect):
         # Completion chunks are Completion objects, whose finish_reason is a (non-null) string.
         return "" if call.op == "completions" else None
 
-    def success(self, call: Call, reply: Any, texts: list[str]) -> dict[str, Any]:
-        body = super().success(call, reply, texts)
+    def success(self, call: Call, reply: Any, answers: list[Answer]) -> dict[str, Any]:
+        body = super().success(call, reply, answers)
         if call.op == "completions":
             body = {"$schema": SCHEMAS + "Completion.json", **body}
         return body

@@ -11,12 +11,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from itertools import zip_longest
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from providers.standins.base import BreakStream, Fail, Hang, Headers, RecordedRequest, Reply, StandinControl, Step
+from providers.standins.answers import Answer
 from providers.standins.dialect import Call, Dialect
 
 EventTap = Callable[[dict[str, Any]], None]
@@ -27,18 +29,13 @@ EVENT_TAP: web.RequestKey[EventTap] = web.RequestKey("standin_event_tap", object
 PLAIN_502 = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
 
 
-def split_text(text: str, pieces: int) -> list[str]:
-    """`text` cut into `pieces` nearly equal parts (some empty when the text is short)."""
-    pieces = max(1, pieces)
-    bounds = [round(i * len(text) / pieces) for i in range(pieces + 1)]
-    return [text[bounds[i] : bounds[i + 1]] for i in range(pieces)]
-
-
 def demo_text(call: Call, prompt: str) -> str:
-    """What the demo answers: who answered, and a short echo of the prompt."""
+    """What the demo answers: who answered, and a short echo of the prompt (or tool result)."""
     said = " ".join(prompt.split())
     if len(said) > 60:
         said = said[:57] + "..."
+    if call.op == "chat" and call.last_role == "tool":
+        return f"[{call.kind}:{call.model}] The tool answered: {said!r}"
     return f"[{call.kind}:{call.model}] Hello from the stand-in. You said: {said!r}"
 
 
@@ -102,13 +99,14 @@ class StandinServer:
         texts = [demo_text(call, p) if demo else None for p in call.prompts()]
         if isinstance(step, BreakStream):
             reply = Reply(chunks=max(step.after + 1, Reply.chunks))
-            return await self.cut(request, call, reply, [t or reply.text for t in texts], step.after)
+            answers = self.dialect.answers(call, [t or reply.text for t in texts])
+            return await self.cut(request, call, reply, answers, step.after)
         if step.delay:
             await asyncio.sleep(step.delay)
-        full = [t or step.text for t in texts]
+        answers = self.dialect.answers(call, [t or step.text for t in texts])
         if call.stream:
-            return await self.stream(request, call, step, full)
-        payload = orjson.dumps(self.dialect.success(call, step, full))
+            return await self.stream(request, call, step, answers)
+        payload = orjson.dumps(self.dialect.success(call, step, answers))
         return web.Response(body=payload, content_type="application/json", headers=self.dialect.headers(call, step))
 
     def fail(self, call: Call, fail: Fail, kind: str | None = None) -> web.Response:
@@ -126,15 +124,18 @@ class StandinServer:
             headers=headers,
         )
 
-    def events(self, call: Call, reply: Reply, texts: list[str]) -> list[dict[str, Any]]:
-        """The content events of a stream: each piece of every choice, the last ones finished."""
-        split = [split_text(text, reply.chunks) for text in texts]
-        count = max(1, reply.chunks)
-        return [
-            self.dialect.chunk(call, index, pieces[k], first=k == 0, final=k == count - 1)
-            for k in range(count)
-            for index, pieces in enumerate(split)
-        ]
+    def events(self, call: Call, reply: Reply, answers: list[Answer]) -> list[dict[str, Any]]:
+        """The content events of a stream: the choices' pieces taken in turn, each choice's
+        last one finished."""
+        per_choice = []
+        for index, answer in enumerate(answers):
+            pieces = self.dialect.pieces(call, answer, reply.chunks)
+            last = len(pieces) - 1
+            per_choice.append([
+                self.dialect.chunk(call, index, piece, answer.finish_reason if k == last else None)
+                for k, piece in enumerate(pieces)
+            ])
+        return [event for turn in zip_longest(*per_choice) for event in turn if event is not None]
 
     async def _open_stream(self, request: web.Request, call: Call, reply: Reply) -> web.StreamResponse:
         headers = self.dialect.headers(call, reply)
@@ -149,9 +150,9 @@ class StandinServer:
             tap(payload)
         await resp.write(b"data: " + orjson.dumps(payload) + b"\n\n")
 
-    async def stream(self, request: web.Request, call: Call, reply: Reply, texts: list[str]) -> web.StreamResponse:
+    async def stream(self, request: web.Request, call: Call, reply: Reply, answers: list[Answer]) -> web.StreamResponse:
         resp = await self._open_stream(request, call, reply)
-        for i, event in enumerate(self.events(call, reply, texts)):
+        for i, event in enumerate(self.events(call, reply, answers)):
             if i and reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
             await self._send(request, resp, event)
@@ -162,7 +163,7 @@ class StandinServer:
         return resp
 
     async def cut(
-        self, request: web.Request, call: Call, reply: Reply, texts: list[str], after: int
+        self, request: web.Request, call: Call, reply: Reply, answers: list[Answer], after: int
     ) -> web.StreamResponse:
         """Answer part of the response, then close the TCP connection under the client.
 
@@ -171,10 +172,10 @@ class StandinServer:
         """
         if call.stream:
             resp = await self._open_stream(request, call, reply)
-            for event in self.events(call, reply, texts)[:after]:
+            for event in self.events(call, reply, answers)[:after]:
                 await self._send(request, resp, event)
         else:
-            payload = orjson.dumps(self.dialect.success(call, reply, texts))
+            payload = orjson.dumps(self.dialect.success(call, reply, answers))
             resp = web.StreamResponse(status=200, headers=self.dialect.headers(call, reply))
             resp.content_type = "application/json"
             resp.content_length = len(payload)
