@@ -8,8 +8,9 @@ four things, none of which touch the network:
   A field the vendor cannot take is translated where the meaning is kept, dropped with a
   note where it is only a hint, and refused (`Unsupported`) where dropping it would change
   the answer. Never dropped silently.
-- `fix_response(endpoint, data)` / `fix_chunk(endpoint, data)`: the vendor's JSON (whole
-  answer, or one SSE event) -> OpenAI's shape, in place.
+- `openai_response(endpoint, data, fill)` / `openai_chunk(endpoint, data, fill)`: the vendor's
+  JSON (whole answer, or one SSE event) -> OpenAI's shape, in place: the vendor's own quirks
+  (`fix_response` / `fix_chunk`), then what OpenAI requires and the vendor left out (`Fill`).
 - `map_error(status, headers, body)`: the vendor's error in its own shape -> an
   `UpstreamError` saying what the client should see and what the proxy should do next.
 
@@ -21,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Mapping
@@ -81,6 +84,20 @@ class Unsupported(RouterError):
     def __init__(self, provider: str, field: str, why: str) -> None:
         super().__init__(400, f"Provider '{provider}' cannot take '{field}': {why}.", param=field,
                          code="unsupported_parameter")
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """What OpenAI requires and a vendor may leave out, made once per answer, so every chunk
+    of a stream (and every part of a split request) carries the same `id` and `created`."""
+
+    id: str
+    created: int
+
+    @classmethod
+    def new(cls, endpoint: str) -> Fill:
+        prefix = "chatcmpl-" if endpoint == Endpoint.CHAT else "cmpl-"
+        return cls(prefix + os.urandom(12).hex(), int(time.time()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +172,41 @@ class Adapter:
     # --- answers ----------------------------------------------------------------------------
 
     def fix_response(self, endpoint: str, data: dict[str, Any]) -> None:
-        """Bring a whole answer into OpenAI's shape, in place."""
+        """The vendor's own quirks in a whole answer, undone in place."""
 
     def fix_chunk(self, endpoint: str, data: dict[str, Any]) -> None:
-        """Bring one stream event into OpenAI's shape, in place; on the per-chunk path, keep it cheap."""
+        """The vendor's own quirks in one stream event, undone in place; on the per-chunk path, keep it cheap."""
+
+    def openai_response(self, endpoint: str, data: dict[str, Any], fill: Fill) -> None:
+        """A whole answer as OpenAI's schema requires it: `id`, `created`, each choice's
+        `logprobs` (null when not asked for) and a chat message's `refusal` (null)."""
+        self.fix_response(endpoint, data)
+        if "id" not in data:
+            data["id"] = fill.id
+        if "created" not in data:
+            data["created"] = fill.created
+        chat = endpoint == Endpoint.CHAT
+        for choice in data["choices"]:
+            if not isinstance(choice, dict):
+                continue
+            if "logprobs" not in choice:
+                choice["logprobs"] = None
+            message = choice.get("message") if chat else None
+            if isinstance(message, dict) and "refusal" not in message:
+                message["refusal"] = None
+
+    def openai_chunk(self, endpoint: str, data: dict[str, Any], fill: Fill) -> None:
+        """One stream event as OpenAI's schema requires it: the answer's one `id` and `created`,
+        and a text choice's `logprobs`. The per-chunk path: plain dict operations only."""
+        self.fix_chunk(endpoint, data)
+        if "id" not in data:
+            data["id"] = fill.id
+        if "created" not in data:
+            data["created"] = fill.created
+        if endpoint == Endpoint.COMPLETIONS:
+            for choice in data.get("choices") or ():
+                if "logprobs" not in choice:
+                    choice["logprobs"] = None
 
     # --- errors -----------------------------------------------------------------------------
 

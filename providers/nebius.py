@@ -9,6 +9,8 @@ from urllib.parse import urlencode
 from providers.base import COMMON_FIELDS, Adapter, Unsupported, _str
 from router.schema import Endpoint
 
+OPENAI_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
+
 
 class NebiusAdapter(Adapter):
     kind = "nebius"
@@ -30,6 +32,15 @@ class NebiusAdapter(Adapter):
             raise Unsupported(self.name, "prompt", "nebius takes a string, a list of strings or one list "
                               "of token ids, not a batch of token lists")
         return body
+
+    def fix_response(self, endpoint: str, data: dict[str, Any]) -> None:
+        """Nebius's `service_tier` stays where OpenAI has the same value; its own tiers
+        (`over-limit`, `no-limit`) are not OpenAI's and move to `nebius_service_tier`."""
+        tier = data.get("service_tier")
+        if tier is not None and tier not in OPENAI_TIERS:
+            data["nebius_service_tier"] = data.pop("service_tier")
+
+    fix_chunk = fix_response
 
     def error_fields(self, status: int, body: Any) -> tuple[str | None, str | None, str | None]:
         if isinstance(body, dict) and "detail" in body:

@@ -39,9 +39,14 @@ class PoolsideAdapter(Adapter):
                                       "send each prompt as its own request")
         return body
 
+    def fix_response(self, endpoint: str, data: dict[str, Any]) -> None:
+        """`$schema` is Poolside's own bookkeeping (a link to its JSON Schema): nothing to an OpenAI client."""
+        data.pop("$schema", None)
+
     def fix_chunk(self, endpoint: str, data: dict[str, Any]) -> None:
         """Poolside's stream chunks are whole Completion objects, whose `finish_reason` is a
         string: "" there means "not finished yet", which OpenAI writes as null."""
+        data.pop("$schema", None)
         for choice in data.get("choices") or ():
             if choice.get("finish_reason") == "":
                 choice["finish_reason"] = None

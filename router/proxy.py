@@ -17,7 +17,7 @@ import orjson
 from aiohttp import web
 from tenacity import RetryCallState
 
-from providers.base import Action, UpstreamError, Unsupported, bad_upstream_body, transport_error
+from providers.base import Action, Fill, UpstreamError, Unsupported, bad_upstream_body, transport_error
 from router.background import Background
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
@@ -223,7 +223,7 @@ class Proxy:
             if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
                 outcome = "bad_response"
                 raise bad_upstream_body(target.provider, "an answer without 'choices'")
-            adapter.fix_response(norm.endpoint, data)
+            adapter.openai_response(norm.endpoint, data, Fill.new(norm.endpoint))
             data["model"] = cand.public
             data["provider"] = target.provider
             ex.take_usage(data.get("usage"))

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from providers.base import bad_upstream_body, transport_error
+from providers.base import Fill, bad_upstream_body, transport_error
 from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
 from router.metrics import Metrics
@@ -74,8 +74,10 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     ex.ttft_s = first_at - ex.started
     metrics.ttft.labels(public, provider).observe(ex.ttft_s)
 
+    fill = Fill.new(endpoint)
+
     def shape(o: dict[str, Any]) -> bytes | None:
-        adapter.fix_chunk(endpoint, o)
+        adapter.openai_chunk(endpoint, o, fill)
         o["model"] = public
         o["provider"] = provider
         if "usage" in o:
