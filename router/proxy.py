@@ -72,7 +72,9 @@ class Proxy:
                         self.metrics.dropped_fields.labels(target.provider, name).inc()
                 except Unsupported as exc:
                     # An upstream's own failure says more than "this one cannot take a field".
-                    last = last or exc
+                    if last is None:
+                        last = exc
+                        ex.provider, ex.vendor_model = target.provider, target.model   # the one it names
                     self._leave(ex, target, "unsupported", more)
                     continue
                 grant: TargetGrant | None = None

@@ -133,3 +133,18 @@ def test_checker_finds_a_missing_required_field():
     event = b'data: {"error": {"message": "x"}}\n\ndata: [DONE]\n\n'
     assert any("'type' is a required property" in f
                for f in check_answer("/v1/chat/completions", 200, "text/event-stream", event, True))
+
+
+@pytest.mark.parametrize(("body", "status", "provider"), [
+    ({"model": "via-poolside", "prompt": "x", "n": 2}, 400, "poolside"),        # about one target: names it
+    ({"model": "via-cogito", "prompt": "x", "logprobs": 2}, 400, "cogito"),
+    ({"model": "no-such-model", "prompt": "x"}, 404, "none"),                   # before any target
+    ({"model": "via-poolside", "prompt": 5}, 400, "none"),
+])
+async def test_error_header_names_the_provider_the_error_is_about(body, status, provider, vendors, proxy):
+    async with aiohttp.ClientSession() as s:
+        async with s.post(proxy.url + "/v1/completions", json=body) as r:
+            assert r.status == status
+            assert r.headers["x-router-provider"] == provider
+            message = (await r.json())["error"]["message"]
+    assert (provider in message) == (provider != "none")
