@@ -6,20 +6,24 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from providers.base import COMMON_FIELDS, Adapter, Unsupported, _str
+from providers.base import Adapter, Unsupported, _str
+from providers.fields import CHAT, COMPLETIONS, chat_like
 from router.schema import Endpoint
 
 OPENAI_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
+_COMPLETION_FIELDS = frozenset({
+    "model", "prompt", "stream", "stream_options", "max_tokens", "temperature", "top_p", "n", "logprobs", "echo",
+    "stop", "presence_penalty", "frequency_penalty", "logit_bias", "user", "extra_body", "service_tier",
+})
 
 
 class NebiusAdapter(Adapter):
     kind = "nebius"
     paths = {Endpoint.COMPLETIONS: "/v1/completions", Endpoint.CHAT: "/v1/chat/completions"}
-    takes = {
-        **Adapter.takes,
-        Endpoint.COMPLETIONS: COMMON_FIELDS | {"prompt", "n", "logprobs", "echo", "logit_bias", "user",
-                                               "extra_body", "service_tier"},
-    }
+    # The chat path is not in Nebius's pages: assumed OpenAI's, taking what its completions
+    # take, `max_tokens` its only token limit.
+    takes = {COMPLETIONS: _COMPLETION_FIELDS, CHAT: chat_like(_COMPLETION_FIELDS)}
+    renames = {COMPLETIONS: {"max_completion_tokens": "max_tokens"}, CHAT: {"max_completion_tokens": "max_tokens"}}
     options_allowed = frozenset({"ai_project_id"})
 
     def query_string(self) -> str:

@@ -11,19 +11,26 @@ from __future__ import annotations
 from typing import Any
 
 from providers.base import Adapter, Unsupported, _str
+from providers.fields import CHAT, COMPLETIONS, chat_like
 from router.schema import Endpoint
 
+# CreateCompletionBody, but for `prompt` and `stop`, which `translate` rewrites.
 _COMPLETION_FIELDS = frozenset({
-    "model", "prompt", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-    "temperature", "top_p", "stop", "seed", "min_p", "top_k", "include_stop_str_in_output",
+    "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "seed", "min_p", "top_k", "include_stop_str_in_output",
     "skip_special_tokens", "return_tokens_as_token_ids", "cache_control",
 })
+_STOP = "a string as a one-item list"
 
 
 class PoolsideAdapter(Adapter):
     kind = "poolside"
     paths = {Endpoint.COMPLETIONS: "/openai/v1/completions", Endpoint.CHAT: "/openai/v1/chat/completions"}
-    takes = {**Adapter.takes, Endpoint.COMPLETIONS: _COMPLETION_FIELDS}
+    # The chat path is not in Poolside's pages: assumed OpenAI's, taking what its completions take.
+    takes = {COMPLETIONS: _COMPLETION_FIELDS, CHAT: chat_like(_COMPLETION_FIELDS)}
+    renames: dict[str, dict[str, str]] = {}
+    translates = {COMPLETIONS: {"prompt": "one string: a one-item list unwrapped, others refused", "stop": _STOP},
+                  CHAT: {"stop": _STOP}}
 
     def translate(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         stop = body.get("stop")

@@ -191,3 +191,12 @@ async def test_dropped_hint_field_is_counted(proxy, vendors):
     await proxy.client().completions.create(model="via-poolside", prompt="x", user="u-1")
     assert proxy.app[METRICS].registry.get_sample_value(
         "router_dropped_fields_total", {"provider": "poolside", "field": "user"}) == 1
+
+
+@pytest.mark.parametrize("kind", ["cogito", "nebius", "interactive"])
+async def test_max_completion_tokens_reaches_vendor_as_its_max_tokens(kind, proxy, vendors):
+    """What LangChain's ChatOpenAI(max_tokens=N) sends: a Cogito-only model must answer it."""
+    await proxy.client().chat.completions.create(model=f"via-{kind}", messages=[{"role": "user", "content": "x"}],
+                                                 max_completion_tokens=12)
+    body = vendors[kind].control.requests[-1].body
+    assert body["max_tokens"] == 12 and "max_completion_tokens" not in body
