@@ -30,7 +30,8 @@ from typing import Any, ClassVar, Mapping
 
 import orjson
 
-from providers.fields import ANSWER_FIELDS, COMPLETIONS, OPENAI_FIELDS, PASS, REFUSED, Decision, decisions, is_off
+from providers.fields import (ANSWER_FIELDS, COMPLETIONS, ONE_OF, OPENAI_FIELDS, PASS, PROMPT_SHAPES, REFUSED,
+                             Decision, decisions, is_off, prompt_shape)
 from router.errors import INVALID_REQUEST, RATE_LIMIT, UPSTREAM, RouterError
 from router.schema import Endpoint
 
@@ -93,6 +94,10 @@ class Adapter:
     takes: ClassVar[dict[str, frozenset[str]]] = dict(OPENAI_FIELDS)
     renames: ClassVar[dict[str, dict[str, str]]] = {COMPLETIONS: {"max_completion_tokens": "max_tokens"}}
     translates: ClassVar[dict[str, dict[str, str]]] = {}
+    # The shapes of `prompt` one upstream call takes. A batch the vendor cannot take whole is
+    # split, one call per prompt (router/split.py), where it takes each prompt alone; refused
+    # naming `prompt` where it does not (token ids to a vendor that takes only strings).
+    prompt_shapes: ClassVar[frozenset[str]] = PROMPT_SHAPES
     # True where the vendor's schema has additionalProperties: unknown (non-OpenAI) fields pass.
     open_schema: ClassVar[bool] = True
     options_allowed: ClassVar[frozenset[str]] = frozenset()
@@ -159,6 +164,19 @@ class Adapter:
     def translate(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         """Vendor-specific rewrites of an already filtered body."""
         return body
+
+    def split_prompt(self, endpoint: str, body: dict[str, Any]) -> list[Any] | None:
+        """The prompts of a batch this vendor takes one per call (None: one call takes the body)."""
+        if endpoint != COMPLETIONS:
+            return None
+        prompt = body.get("prompt")
+        shape = prompt_shape(prompt)
+        if shape in self.prompt_shapes:
+            return None
+        if prompt and ONE_OF.get(shape) in self.prompt_shapes:
+            return list(prompt)
+        takes = " or ".join(sorted(self.prompt_shapes))
+        raise Unsupported(self.name, "prompt", f"{self.kind} takes a prompt as {takes}, not {shape}")
 
     # --- answers ----------------------------------------------------------------------------
 

@@ -67,6 +67,23 @@ def chat_like(completion_takes: frozenset[str]) -> frozenset[str]:
     return out | {"top_logprobs"} if "logprobs" in out else out
 
 
+# The shapes a completions `prompt` comes in; an adapter says which one upstream call takes.
+TEXT, TEXTS, TOKENS, TOKEN_LISTS = "a string", "a list of strings", "token ids", "a list of token-id lists"
+PROMPT_SHAPES = frozenset({TEXT, TEXTS, TOKENS, TOKEN_LISTS})
+ONE_OF = {TEXTS: TEXT, TOKEN_LISTS: TOKENS}   # a batch, and the shape of each of its prompts
+
+
+def prompt_shape(prompt: Any) -> str:
+    """Which of PROMPT_SHAPES a (validated) prompt is."""
+    if isinstance(prompt, str):
+        return TEXT
+    if prompt and isinstance(prompt[0], int):
+        return TOKENS
+    if prompt and isinstance(prompt[0], list):
+        return TOKEN_LISTS
+    return TEXTS
+
+
 def is_off(value: Any, offs: tuple[Any, ...]) -> bool:
     """Null, or one of `offs` of the same type (so 0 is not False: `logprobs: 0` asks for logprobs)."""
     return value is None or any(type(value) is type(v) and value == v for v in offs)

@@ -1,17 +1,16 @@
-"""Poolside: one string prompt, `stop` only as a list, problem-details errors.
+"""Poolside: one string prompt per call, `stop` only as a list, problem-details errors.
 
-An array prompt of one string is unwrapped; a longer one, or token ids, would need one
-upstream call per prompt with the answers stitched back together (indexes, usage, stream
-interleaving). Rather than pretend, the adapter refuses it: the proxy falls over to a
-target that takes arrays, and answers 400 naming `prompt` when none does.
+A list of prompts is sent as one call per prompt and the answers stitched back into one
+(router/split.py); token ids, which Poolside does not take, are refused naming `prompt`, so
+the proxy falls over to a target that takes them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from providers.base import Adapter, Unsupported, _str
-from providers.fields import CHAT, COMPLETIONS, chat_like
+from providers.base import Adapter, _str
+from providers.fields import CHAT, COMPLETIONS, TEXT, chat_like
 from router.schema import Endpoint
 
 # CreateCompletionBody, but for `prompt` and `stop`, which `translate` rewrites.
@@ -29,21 +28,14 @@ class PoolsideAdapter(Adapter):
     # The chat path is not in Poolside's pages: assumed OpenAI's, taking what its completions take.
     takes = {COMPLETIONS: _COMPLETION_FIELDS, CHAT: chat_like(_COMPLETION_FIELDS)}
     renames: dict[str, dict[str, str]] = {}
-    translates = {COMPLETIONS: {"prompt": "one string: a one-item list unwrapped, others refused", "stop": _STOP},
+    prompt_shapes = frozenset({TEXT})
+    translates = {COMPLETIONS: {"prompt": "a list: one call per prompt; token ids refused", "stop": _STOP},
                   CHAT: {"stop": _STOP}}
 
     def translate(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         stop = body.get("stop")
         if isinstance(stop, str):
             body["stop"] = [stop]
-        if endpoint == Endpoint.COMPLETIONS:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list):
-                if len(prompt) == 1 and isinstance(prompt[0], str):
-                    body["prompt"] = prompt[0]
-                else:
-                    raise Unsupported(self.name, "prompt", "poolside takes one string prompt per request; "
-                                      "send each prompt as its own request")
         return body
 
     def fix_response(self, endpoint: str, data: dict[str, Any]) -> None:
