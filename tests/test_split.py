@@ -10,6 +10,7 @@ import pytest
 
 from providers.standins import BreakStream, Fail
 from router.edge import METRICS
+from tests.fakes.openai_contract import check_answer
 from tests.fixtures_proxy import providers_for
 
 PROMPTS = ["alpha", "bravo", "charlie"]
@@ -35,6 +36,7 @@ async def raw_stream(proxy, body: dict) -> tuple[int, dict, list]:
         async with s.post(proxy.url + "/v1/completions", json={**body, "stream": True}) as r:
             text = (await r.read()).decode()
             headers = dict(r.headers)
+    assert check_answer("/v1/completions", r.status, headers["Content-Type"], text.encode(), True) == []
     events = [e.removeprefix("data: ") for e in text.split("\n\n") if e.startswith("data: ")]
     return r.status, headers, [e if e == "[DONE]" else json.loads(e) for e in events]
 
