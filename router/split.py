@@ -55,9 +55,14 @@ def payloads(adapter: Adapter, norm: Normalized, vendor_model: str, dropped: lis
 
 async def split_attempt(proxy: Proxy, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
                         bodies: list[bytes], deadline: float) -> web.StreamResponse:
-    if norm.stream:
-        return await _stream(proxy, request, ex, norm, cand, bodies, deadline)
-    return await _whole(proxy, ex, norm, cand, bodies, deadline)
+    # Upstream time is the split's wall time: its calls overlap, so their own times do not add up.
+    before, started = ex.upstream_s, time.monotonic()
+    try:
+        if norm.stream:
+            return await _stream(proxy, request, ex, norm, cand, bodies, deadline)
+        return await _whole(proxy, ex, norm, cand, bodies, deadline)
+    finally:
+        ex.upstream_s = before + time.monotonic() - started
 
 
 def add_usage(total: dict[str, Any], usage: Any) -> None:
