@@ -148,3 +148,10 @@ async def test_error_header_names_the_provider_the_error_is_about(body, status, 
             assert r.headers["x-router-provider"] == provider
             message = (await r.json())["error"]["message"]
     assert (provider in message) == (provider != "none")
+
+
+async def test_model_named_with_a_slash_is_retrieved(vendors, start_proxy):
+    proxy = await start_proxy({"providers": providers_for([vendors.openai]),
+                               "models": {"org/model-1": {"targets": [{"provider": "openai", "model": "m"}]}}},
+                              vendors=[vendors.openai])
+    assert (await proxy.client().models.retrieve("org/model-1")).id == "org/model-1"
