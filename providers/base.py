@@ -4,12 +4,13 @@ An adapter is built once per provider entry whenever routes.yaml is loaded, so U
 auth headers and field tables are computed then, not per request. Per request it does
 four things, none of which touch the network:
 
-- `build_body(endpoint, body, vendor_model)`: the OpenAI-dialect body -> the vendor's body.
-  A field the vendor cannot take is translated where the meaning is kept, dropped with a
-  note where it is only a hint, and refused (`Unsupported`) where dropping it would change
-  the answer. Never dropped silently.
-- `fix_response(endpoint, data)` / `fix_chunk(endpoint, data)`: the vendor's JSON (whole
-  answer, or one SSE event) -> OpenAI's shape, in place.
+- `build_body(endpoint, body, vendor_model)`: the OpenAI-dialect body -> the vendor's body,
+  field by field as the adapter's field table decides (providers/fields.py): passed,
+  translated where the meaning is kept, dropped with a note where it is only a hint, and
+  refused (`Unsupported`) where dropping it would change the answer. Never dropped silently.
+- `openai_response(endpoint, data, fill)` / `openai_chunk(endpoint, data, fill)`: the vendor's
+  JSON (whole answer, or one SSE event) -> OpenAI's shape, in place: the vendor's own quirks
+  (`fix_response` / `fix_chunk`), then what OpenAI requires and the vendor left out (`Fill`).
 - `map_error(status, headers, body)`: the vendor's error in its own shape -> an
   `UpstreamError` saying what the client should see and what the proxy should do next.
 
@@ -21,43 +22,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar, Mapping
 
 import orjson
 
+from providers.fields import (ANSWER_FIELDS, COMPLETIONS, ONE_OF, OPENAI_FIELDS, PASS, PROMPT_SHAPES, REFUSED,
+                             Decision, decisions, is_off, prompt_shape)
 from router.errors import INVALID_REQUEST, RATE_LIMIT, UPSTREAM, RouterError
 from router.schema import Endpoint
 
 log = logging.getLogger("router.providers")
-
-# OpenAI request fields that change the answer when honoured, with the values that mean
-# "off" (null is always one). A vendor that cannot take one may drop it only when it is off.
-ANSWER_FIELDS: dict[str, tuple[Any, ...]] = {
-    "n": (1,), "best_of": (1,), "echo": (False,), "logprobs": (False,), "top_logprobs": (0,),
-    "suffix": (), "logit_bias": ({},), "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0),
-    "seed": (), "response_format": ({"type": "text"},), "tools": ([],), "tool_choice": ("none",),
-    "parallel_tool_calls": (True, False), "temperature": (), "top_p": (), "stop": ([],),
-    "max_tokens": (), "max_completion_tokens": (), "stream_options": (),
-}
-
-
-def is_off(value: Any, offs: tuple[Any, ...]) -> bool:
-    """Null, or one of `offs` of the same type (so 0 is not False: `logprobs: 0` asks for logprobs)."""
-    return value is None or any(type(value) is type(v) and value == v for v in offs)
-# Fields that only hint (attribution, storage, priority): dropped with a log note.
-HINT_FIELDS = frozenset({"user", "metadata", "store", "service_tier", "prediction", "modalities"})
-
-COMMON_FIELDS = frozenset({"model", "stream", "max_tokens", "temperature", "top_p", "stop",
-                           "frequency_penalty", "presence_penalty", "stream_options"})
-OPENAI_COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "n", "best_of", "echo", "logprobs", "suffix",
-                                           "logit_bias", "seed", "user"}
-OPENAI_CHAT_FIELDS = COMMON_FIELDS | {"messages", "n", "logprobs", "top_logprobs", "logit_bias", "seed",
-                                     "user", "tools", "tool_choice", "parallel_tool_calls",
-                                     "response_format", "max_completion_tokens", "metadata", "store",
-                                     "service_tier", "prediction", "modalities", "reasoning_effort"}
-
 
 class Action(Enum):
     RETRY = "retry"    # the same target may succeed on a later attempt
@@ -84,6 +62,20 @@ class Unsupported(RouterError):
 
 
 @dataclass(frozen=True, slots=True)
+class Fill:
+    """What OpenAI requires and a vendor may leave out, made once per answer, so every chunk
+    of a stream (and every part of a split request) carries the same `id` and `created`."""
+
+    id: str
+    created: int
+
+    @classmethod
+    def new(cls, endpoint: str) -> Fill:
+        prefix = "chatcmpl-" if endpoint == Endpoint.CHAT else "cmpl-"
+        return cls(prefix + os.urandom(12).hex(), int(time.time()))
+
+
+@dataclass(frozen=True, slots=True)
 class ProviderSettings:
     name: str
     base_url: str
@@ -96,9 +88,16 @@ class Adapter:
 
     kind: ClassVar[str] = "openai"
     paths: ClassVar[dict[str, str]] = {Endpoint.COMPLETIONS: "/completions", Endpoint.CHAT: "/chat/completions"}
-    takes: ClassVar[dict[str, frozenset[str]]] = {
-        Endpoint.COMPLETIONS: OPENAI_COMPLETION_FIELDS, Endpoint.CHAT: OPENAI_CHAT_FIELDS,
-    }
+    # The field table, per endpoint: what the vendor takes as OpenAI sends it, what it takes
+    # under another name, and what `translate` rewrites; every other field follows the
+    # defaults in providers/fields.py (refused unless off, or dropped as a hint).
+    takes: ClassVar[dict[str, frozenset[str]]] = dict(OPENAI_FIELDS)
+    renames: ClassVar[dict[str, dict[str, str]]] = {COMPLETIONS: {"max_completion_tokens": "max_tokens"}}
+    translates: ClassVar[dict[str, dict[str, str]]] = {}
+    # The shapes of `prompt` one upstream call takes. A batch the vendor cannot take whole is
+    # split, one call per prompt (router/split.py), where it takes each prompt alone; refused
+    # naming `prompt` where it does not (token ids to a vendor that takes only strings).
+    prompt_shapes: ClassVar[frozenset[str]] = PROMPT_SHAPES
     # True where the vendor's schema has additionalProperties: unknown (non-OpenAI) fields pass.
     open_schema: ClassVar[bool] = True
     options_allowed: ClassVar[frozenset[str]] = frozenset()
@@ -115,6 +114,12 @@ class Adapter:
         if settings.api_key:
             self.headers["Authorization"] = f"Bearer {settings.api_key}"
         self.has_key = bool(settings.api_key)
+        self.fields = {ep: self.field_table(ep) for ep in self.paths}
+
+    @classmethod
+    def field_table(cls, endpoint: str) -> dict[str, Decision]:
+        """This vendor's decision on every field of `endpoint` (built once per config load)."""
+        return decisions(cls.takes[endpoint], cls.renames.get(endpoint, {}), cls.translates.get(endpoint, {}))
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -125,22 +130,30 @@ class Adapter:
                    want_usage: bool, dropped: list[str] | None = None) -> dict[str, Any]:
         """A new dict for the vendor; `body` itself is shared across attempts and left alone.
         Hint fields left out are appended to `dropped`, for the caller to count."""
-        takes = self.takes[endpoint]
+        table = self.fields[endpoint]
         out: dict[str, Any] = {}
+        renamed: list[tuple[str, Any]] = []
         for name, value in body.items():
-            if name in takes:
+            d = table.get(name)
+            if d is PASS:
                 out[name] = value
-            elif name in ANSWER_FIELDS:
-                if not is_off(value, ANSWER_FIELDS[name]):
+            elif d is None:
+                if not self.open_schema:
+                    raise Unsupported(self.name, name, f"{self.kind} does not accept unknown fields")
+                out[name] = value
+            elif d.to is not None:
+                renamed.append((d.to, value))
+            elif d.verdict == REFUSED:
+                if not is_off(value, ANSWER_FIELDS.get(name, ())):
                     raise Unsupported(self.name, name, f"{self.kind} does not support it")
-            elif name in HINT_FIELDS:
+            elif d.how:
+                out[name] = value   # `translate` rewrites it
+            else:
                 log.info("dropped hint field %r for provider %s", name, self.name)
                 if dropped is not None:
                     dropped.append(name)
-            elif self.open_schema:
-                out[name] = value
-            else:
-                raise Unsupported(self.name, name, f"{self.kind} does not accept unknown fields")
+        for name, value in renamed:   # the OpenAI name wins over the vendor's own (max_completion_tokens)
+            out[name] = value
         out["model"] = vendor_model
         if out.get("stream") and want_usage:
             opts = dict(out.get("stream_options") or {})
@@ -152,13 +165,57 @@ class Adapter:
         """Vendor-specific rewrites of an already filtered body."""
         return body
 
+    def split_prompt(self, endpoint: str, body: dict[str, Any]) -> list[Any] | None:
+        """The prompts of a batch this vendor takes one per call (None: one call takes the body)."""
+        if endpoint != COMPLETIONS:
+            return None
+        prompt = body.get("prompt")
+        shape = prompt_shape(prompt)
+        if shape in self.prompt_shapes:
+            return None
+        if prompt and ONE_OF.get(shape) in self.prompt_shapes:
+            return list(prompt)
+        takes = " or ".join(sorted(self.prompt_shapes))
+        raise Unsupported(self.name, "prompt", f"{self.kind} takes a prompt as {takes}, not {shape}")
+
     # --- answers ----------------------------------------------------------------------------
 
     def fix_response(self, endpoint: str, data: dict[str, Any]) -> None:
-        """Bring a whole answer into OpenAI's shape, in place."""
+        """The vendor's own quirks in a whole answer, undone in place."""
 
     def fix_chunk(self, endpoint: str, data: dict[str, Any]) -> None:
-        """Bring one stream event into OpenAI's shape, in place; on the per-chunk path, keep it cheap."""
+        """The vendor's own quirks in one stream event, undone in place; on the per-chunk path, keep it cheap."""
+
+    def openai_response(self, endpoint: str, data: dict[str, Any], fill: Fill) -> None:
+        """A whole answer as OpenAI's schema requires it: `id`, `created`, each choice's
+        `logprobs` (null when not asked for) and a chat message's `refusal` (null)."""
+        self.fix_response(endpoint, data)
+        if "id" not in data:
+            data["id"] = fill.id
+        if "created" not in data:
+            data["created"] = fill.created
+        chat = endpoint == Endpoint.CHAT
+        for choice in data["choices"]:
+            if not isinstance(choice, dict):
+                continue
+            if "logprobs" not in choice:
+                choice["logprobs"] = None
+            message = choice.get("message") if chat else None
+            if isinstance(message, dict) and "refusal" not in message:
+                message["refusal"] = None
+
+    def openai_chunk(self, endpoint: str, data: dict[str, Any], fill: Fill) -> None:
+        """One stream event as OpenAI's schema requires it: the answer's one `id` and `created`,
+        and a text choice's `logprobs`. The per-chunk path: plain dict operations only."""
+        self.fix_chunk(endpoint, data)
+        if "id" not in data:
+            data["id"] = fill.id
+        if "created" not in data:
+            data["created"] = fill.created
+        if endpoint == Endpoint.COMPLETIONS:
+            for choice in data.get("choices") or ():
+                if "logprobs" not in choice:
+                    choice["logprobs"] = None
 
     # --- errors -----------------------------------------------------------------------------
 

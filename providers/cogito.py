@@ -5,26 +5,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.base import COMMON_FIELDS, Adapter, Unsupported
+from providers.base import Adapter, Unsupported
+from providers.fields import CHAT, COMPLETIONS
 from router.schema import Endpoint
 
 
 _ROLES = ("system", "user", "assistant", "tool")
+# What both of Cogito's documented request bodies take, besides prompt/messages.
+_SAMPLING = frozenset({"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "stop",
+                       "presence_penalty", "frequency_penalty"})
 
 
 class CogitoAdapter(Adapter):
     kind = "cogito"
     paths = {Endpoint.COMPLETIONS: "/v1/completions", Endpoint.CHAT: "/v1/chat/completions"}
     takes = {
-        Endpoint.COMPLETIONS: COMMON_FIELDS | {"prompt", "ignore_eos"},
-        Endpoint.CHAT: COMMON_FIELDS | {"messages", "tools", "tool_choice", "response_format"},
+        COMPLETIONS: _SAMPLING | {"prompt", "ignore_eos"},
+        CHAT: _SAMPLING | {"tools", "response_format"},
     }
+    renames = {COMPLETIONS: {"max_completion_tokens": "max_tokens"}, CHAT: {"max_completion_tokens": "max_tokens"}}
+    translates = {CHAT: {"messages": "`developer` as `system`, text parts joined",
+                         "tool_choice": "passed; `required` refused"}}
 
     def translate(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Cogito's chat schema takes roles system/user/assistant/tool and string content
-        (never null)."""
+        """Cogito's chat schema takes roles system/user/assistant/tool, string content (never
+        null), and `tool_choice` as auto, none or an object."""
         if endpoint == Endpoint.CHAT:
             body["messages"] = [self._message(i, m) for i, m in enumerate(body["messages"])]
+            if body.get("tool_choice") == "required":
+                raise Unsupported(self.name, "tool_choice", "cogito takes tool_choice auto, none or a named "
+                                  "function, not required")
         return body
 
     def _message(self, i: int, m: dict[str, Any]) -> dict[str, Any]:

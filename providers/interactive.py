@@ -9,19 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.base import COMMON_FIELDS, Adapter
-from router.schema import Endpoint
+from providers.base import Adapter
+from providers.fields import CHAT, COMPLETIONS, chat_like
 
 _USAGE = ("prompt_tokens", "completion_tokens", "total_tokens")
+_COMPLETION_FIELDS = frozenset({
+    "model", "prompt", "stream", "stream_options", "max_tokens", "temperature", "top_p", "n", "best_of", "echo",
+    "logprobs", "logit_bias", "seed", "suffix", "stop", "presence_penalty", "frequency_penalty", "user",
+    "metadata", "response_format",
+})
 
 
 class InteractiveAdapter(Adapter):
     kind = "interactive"
-    takes = {
-        **Adapter.takes,
-        Endpoint.COMPLETIONS: COMMON_FIELDS | {"prompt", "best_of", "echo", "n", "logprobs", "logit_bias",
-                                               "seed", "suffix", "metadata", "response_format", "user"},
-    }
+    # The chat path is not in Interactive's pages: assumed OpenAI's, taking what its
+    # completions take, `max_tokens` its only token limit.
+    takes = {COMPLETIONS: _COMPLETION_FIELDS, CHAT: chat_like(_COMPLETION_FIELDS)}
+    renames = {COMPLETIONS: {"max_completion_tokens": "max_tokens"}, CHAT: {"max_completion_tokens": "max_tokens"}}
 
     def fix_response(self, endpoint: str, data: dict[str, Any]) -> None:
         _integers(data)

@@ -1,29 +1,36 @@
-"""Poolside: one string prompt, `stop` only as a list, problem-details errors.
+"""Poolside: one string prompt per call, `stop` only as a list, problem-details errors.
 
-An array prompt of one string is unwrapped; a longer one, or token ids, would need one
-upstream call per prompt with the answers stitched back together (indexes, usage, stream
-interleaving). Rather than pretend, the adapter refuses it: the proxy falls over to a
-target that takes arrays, and answers 400 naming `prompt` when none does.
+A list of prompts is sent as one call per prompt and the answers stitched back into one
+(router/split.py); token ids, which Poolside does not take, are refused naming `prompt`, so
+the proxy falls over to a target that takes them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from providers.base import Adapter, Unsupported, _str
+from providers.base import Adapter, _str
+from providers.fields import CHAT, COMPLETIONS, TEXT, chat_like
 from router.schema import Endpoint
 
+# CreateCompletionBody, but for `prompt` and `stop`, which `translate` rewrites.
 _COMPLETION_FIELDS = frozenset({
-    "model", "prompt", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-    "temperature", "top_p", "stop", "seed", "min_p", "top_k", "include_stop_str_in_output",
+    "model", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+    "temperature", "top_p", "seed", "min_p", "top_k", "include_stop_str_in_output",
     "skip_special_tokens", "return_tokens_as_token_ids", "cache_control",
 })
+_STOP = "a string as a one-item list"
 
 
 class PoolsideAdapter(Adapter):
     kind = "poolside"
     paths = {Endpoint.COMPLETIONS: "/openai/v1/completions", Endpoint.CHAT: "/openai/v1/chat/completions"}
-    takes = {**Adapter.takes, Endpoint.COMPLETIONS: _COMPLETION_FIELDS}
+    # The chat path is not in Poolside's pages: assumed OpenAI's, taking what its completions take.
+    takes = {COMPLETIONS: _COMPLETION_FIELDS, CHAT: chat_like(_COMPLETION_FIELDS)}
+    renames: dict[str, dict[str, str]] = {}
+    prompt_shapes = frozenset({TEXT})
+    translates = {COMPLETIONS: {"prompt": "a list: one call per prompt; token ids refused", "stop": _STOP},
+                  CHAT: {"stop": _STOP}}
 
     def translate(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
         # OpenAI reads null as "not set" (LangChain's OpenAI sends `seed: null`); Poolside's
@@ -33,19 +40,16 @@ class PoolsideAdapter(Adapter):
         stop = body.get("stop")
         if isinstance(stop, str):
             body["stop"] = [stop]
-        if endpoint == Endpoint.COMPLETIONS:
-            prompt = body.get("prompt")
-            if isinstance(prompt, list):
-                if len(prompt) == 1 and isinstance(prompt[0], str):
-                    body["prompt"] = prompt[0]
-                else:
-                    raise Unsupported(self.name, "prompt", "poolside takes one string prompt per request; "
-                                      "send each prompt as its own request")
         return body
+
+    def fix_response(self, endpoint: str, data: dict[str, Any]) -> None:
+        """`$schema` is Poolside's own bookkeeping (a link to its JSON Schema): nothing to an OpenAI client."""
+        data.pop("$schema", None)
 
     def fix_chunk(self, endpoint: str, data: dict[str, Any]) -> None:
         """Poolside's stream chunks are whole Completion objects, whose `finish_reason` is a
         string: "" there means "not finished yet", which OpenAI writes as null."""
+        data.pop("$schema", None)
         for choice in data.get("choices") or ():
             if choice.get("finish_reason") == "":
                 choice["finish_reason"] = None

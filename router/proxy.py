@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 from tenacity import RetryCallState
 
-from providers.base import Action, UpstreamError, Unsupported, bad_upstream_body, transport_error
+from providers.base import Action, Fill, UpstreamError, Unsupported, bad_upstream_body, transport_error
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
@@ -28,6 +29,7 @@ from router.normalize import Normalized
 from router.retry import retrying
 from router.routes import Target
 from router.state import Grant, SharedState, TargetGrant
+from router.split import payloads, split_attempt
 from router.streaming import relay_stream
 
 
@@ -64,13 +66,14 @@ class Proxy:
                 try:
                     # Translate before reserving anything: a refused field costs no quota or probe.
                     dropped: list[str] = []
-                    payload = orjson.dumps(target.adapter.build_body(norm.endpoint, norm.body, target.model,
-                                                                     want_usage=True, dropped=dropped))
+                    payload = payloads(target.adapter, norm, target.model, dropped)
                     for name in dropped:
                         self.metrics.dropped_fields.labels(target.provider, name).inc()
                 except Unsupported as exc:
                     # An upstream's own failure says more than "this one cannot take a field".
-                    last = last or exc
+                    if last is None:
+                        last = exc
+                        ex.provider, ex.vendor_model = target.provider, target.model   # the one it names
                     self._leave(ex, target, "unsupported", more)
                     continue
                 grant: TargetGrant | None = None
@@ -113,7 +116,7 @@ class Proxy:
         raise last
 
     async def _try_target(self, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
-                          payload: bytes, deadline: float, cap: int) -> web.StreamResponse:
+                          payload: bytes | list[bytes], deadline: float, cap: int) -> web.StreamResponse:
         """One target under the retry policy; raises UpstreamError when it cannot serve."""
         target = cand.target
         ex.model, ex.provider, ex.vendor_model = cand.public, target.provider, target.model
@@ -166,37 +169,16 @@ class Proxy:
         return before_sleep
 
     async def _attempt(self, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
-                       payload: bytes, deadline: float) -> web.StreamResponse:
+                       payload: bytes | list[bytes], deadline: float) -> web.StreamResponse:
+        ex.attempts += 1
+        if isinstance(payload, list):   # a prompt list split for a vendor that takes one prompt per call
+            return await split_attempt(self, request, ex, norm, cand, payload, deadline)
         target = cand.target
         adapter = target.adapter
-        ex.attempts += 1
-        remaining = deadline - time.monotonic()
-        if norm.stream:
-            timeout = aiohttp.ClientTimeout(total=None, connect=min(target.connect_timeout_s, remaining),
-                                            sock_read=min(target.timeout_s, remaining))
-        else:
-            timeout = aiohttp.ClientTimeout(total=min(target.timeout_s, remaining),
-                                            connect=target.connect_timeout_s)
-        headers = {**adapter.headers, "X-Request-Id": ex.request_id}
-        started = time.monotonic()
+        resp, started = await self.open_upstream(ex, target, norm, payload, deadline)
         outcome = "ok"
-        try:
-            resp = await self.session.post(adapter.urls[norm.endpoint], data=payload, headers=headers,
-                                           timeout=timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            err = transport_error(target.provider, exc)
-            self._count(target, err.reason, started, ex)
-            raise err from None
         ended: float | None = None
         try:
-            if resp.status != 200:
-                try:
-                    raw = await resp.read()
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    raw = b""   # the status says enough; a cut-off error body must not hide it
-                err = adapter.map_error(resp.status, resp.headers, raw)
-                outcome = err.reason
-                raise err
             if norm.stream:
                 try:
                     relayed = await relay_stream(request, ex, norm, cand.public, target, resp, self.metrics)
@@ -209,19 +191,11 @@ class Proxy:
                     outcome = "stream_interrupted"
                 return relayed.response
             try:
-                raw = await resp.read()
-                data = orjson.loads(raw)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                broken = transport_error(target.provider, exc)
-                outcome = broken.reason
-                raise broken from None
-            except orjson.JSONDecodeError:
-                outcome = "bad_response"
-                raise bad_upstream_body(target.provider, "a body that is not JSON") from None
-            if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-                outcome = "bad_response"
-                raise bad_upstream_body(target.provider, "an answer without 'choices'")
-            adapter.fix_response(norm.endpoint, data)
+                data = await self.read_answer(target.provider, resp)
+            except UpstreamError as err:
+                outcome = err.reason
+                raise
+            adapter.openai_response(norm.endpoint, data, Fill.new(norm.endpoint))
             data["model"] = cand.public
             data["provider"] = target.provider
             ex.take_usage(data.get("usage"))
@@ -229,9 +203,54 @@ class Proxy:
             return web.Response(body=orjson.dumps(data), content_type="application/json")
         finally:
             resp.release()
-            self._count(target, outcome, started, ex, ended)
+            self.count_attempt(target, outcome, started, ex, ended)
 
-    def _count(self, target: Target, outcome: str, started: float, ex: Exchange,
+    async def open_upstream(self, ex: Exchange, target: Target, norm: Normalized, payload: bytes,
+                            deadline: float) -> tuple[aiohttp.ClientResponse, float]:
+        """One upstream call that answered 200, and when it started; a failed one is counted and raised."""
+        adapter = target.adapter
+        remaining = deadline - time.monotonic()
+        if norm.stream:
+            timeout = aiohttp.ClientTimeout(total=None, connect=min(target.connect_timeout_s, remaining),
+                                            sock_read=min(target.timeout_s, remaining))
+        else:
+            timeout = aiohttp.ClientTimeout(total=min(target.timeout_s, remaining),
+                                            connect=target.connect_timeout_s)
+        headers = {**adapter.headers, "X-Request-Id": ex.request_id}
+        started = time.monotonic()
+        try:
+            resp = await self.session.post(adapter.urls[norm.endpoint], data=payload, headers=headers,
+                                           timeout=timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            err = transport_error(target.provider, exc)
+            self.count_attempt(target, err.reason, started, ex)
+            raise err from None
+        if resp.status != 200:
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                raw = b""   # the status says enough; a cut-off error body must not hide it
+            finally:
+                resp.release()
+            err = adapter.map_error(resp.status, resp.headers, raw)
+            self.count_attempt(target, err.reason, started, ex)
+            raise err
+        return resp, started
+
+    @staticmethod
+    async def read_answer(provider: str, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+        """A whole answer's JSON; a cut-off, non-JSON or choice-less body is the vendor's failure."""
+        try:
+            data = orjson.loads(await resp.read())
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise transport_error(provider, exc) from None
+        except orjson.JSONDecodeError:
+            raise bad_upstream_body(provider, "a body that is not JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise bad_upstream_body(provider, "an answer without 'choices'")
+        return data
+
+    def count_attempt(self, target: Target, outcome: str, started: float, ex: Exchange,
                ended: float | None = None) -> None:
         elapsed = (ended or time.monotonic()) - started
         ex.upstream_s += elapsed

@@ -12,14 +12,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from providers.base import bad_upstream_body, transport_error
+from providers.base import Adapter, Fill, bad_upstream_body, transport_error
 from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
 from router.metrics import Metrics
@@ -41,14 +41,11 @@ class Relayed:
     broken: bool
 
 
-async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, public: str, target: Target,
-                       resp: aiohttp.ClientResponse, metrics: Metrics) -> Relayed:
-    adapter = target.adapter
-    provider = target.provider
-    endpoint = norm.endpoint
-    keep_usage = norm.include_usage
+async def first_events(adapter: Adapter, provider: str, resp: aiohttp.ClientResponse
+                       ) -> tuple[AsyncIterator[list[bytes]], list[bytes], dict[str, Any]]:
+    """The upstream's events as batches, its first batch, and that batch's first event parsed;
+    a stream that fails before its first good event raises UpstreamError (nothing is sent yet)."""
     upstream = event_batches(resp.content).__aiter__()
-
     try:
         batch = await anext(upstream, None)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
@@ -58,13 +55,23 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     first = batch[0] if batch else None
     if first is None or first == b"[DONE]":
         raise bad_upstream_body(provider, "a stream with no events")
-    obj = _load(first)
+    obj = load_event(first)
     if obj is None:
         raise bad_upstream_body(provider, "a stream event that is not JSON")
     if "error" in obj:
         raise adapter.map_error(500, {}, first)
     if not isinstance(obj.get("choices"), list):
         raise bad_upstream_body(provider, "a first stream event without 'choices'")
+    return upstream, batch or [], obj
+
+
+async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, public: str, target: Target,
+                       resp: aiohttp.ClientResponse, metrics: Metrics) -> Relayed:
+    adapter = target.adapter
+    provider = target.provider
+    endpoint = norm.endpoint
+    keep_usage = norm.include_usage
+    upstream, batch, obj = await first_events(adapter, provider, resp)
 
     first_at = time.monotonic()
     ex.served = True
@@ -74,8 +81,10 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     ex.ttft_s = first_at - ex.started
     metrics.ttft.labels(public, provider).observe(ex.ttft_s)
 
+    fill = Fill.new(endpoint)
+
     def shape(o: dict[str, Any]) -> bytes | None:
-        adapter.fix_chunk(endpoint, o)
+        adapter.openai_chunk(endpoint, o, fill)
         o["model"] = public
         o["provider"] = provider
         if "usage" in o:
@@ -95,7 +104,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     try:
         try:
             first_out = shape(obj)
-            rest: list[bytes] = batch[1:] if batch else []   # events that came in the same read
+            rest: list[bytes] = batch[1:]   # events that came in the same read
             while True:
                 out = [first_out] if first_out else []
                 first_out = None
@@ -103,9 +112,10 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                     if data == b"[DONE]":
                         done = True
                         break
-                    obj = _load(data)
+                    obj = load_event(data)
                     if obj is None:
-                        failure = _broken(provider, "sent a stream event that is not JSON", "upstream_bad_response")
+                        failure = broken_stream(provider, "sent a stream event that is not JSON",
+                                                "upstream_bad_response")
                         break
                     if "error" in obj:
                         failure = adapter.map_error(500, {}, data).error
@@ -124,12 +134,12 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            failure = _broken(provider, f"broke off ({type(exc).__name__})", "upstream_stream_interrupted")
+            failure = broken_stream(provider, f"broke off ({type(exc).__name__})", "upstream_stream_interrupted")
         except Exception as exc:  # a malformed event, an over-long line: still the vendor's fault
             log.warning("unreadable stream from %s: %r", provider, exc, extra={"request_id": ex.request_id})
-            failure = _broken(provider, "sent a stream the proxy could not read", "upstream_bad_response")
+            failure = broken_stream(provider, "sent a stream the proxy could not read", "upstream_bad_response")
         if failure is None and not done:
-            failure = _broken(provider, "ended without [DONE]", "upstream_stream_interrupted")
+            failure = broken_stream(provider, "ended without [DONE]", "upstream_stream_interrupted")
         if failure is not None:
             ex.status = failure.status
             ex.error_code = failure.code
@@ -147,11 +157,11 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     return Relayed(response, first_at, failure is not None)
 
 
-def _broken(provider: str, what: str, code: str) -> RouterError:
+def broken_stream(provider: str, what: str, code: str) -> RouterError:
     return RouterError(502, f"The stream from provider '{provider}' {what}", type=UPSTREAM, code=code)
 
 
-def _load(data: bytes) -> dict[str, Any] | None:
+def load_event(data: bytes) -> dict[str, Any] | None:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:

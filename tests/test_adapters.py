@@ -51,12 +51,11 @@ async def test_nebius_project_option_becomes_query_parameter(proxy, vendors):
 
 
 @pytest.mark.parametrize(("kind", "given", "param"), [
-    ("poolside", {"prompt": ["a", "b"]}, "prompt"),
-    ("poolside", {"prompt": [1, 2, 3]}, "prompt"),
+    ("poolside", {"prompt": [1, 2, 3]}, "prompt"),              # token ids: poolside takes strings only
+    ("poolside", {"prompt": [[1, 2], [3]]}, "prompt"),
     ("poolside", {"prompt": "x", "n": 2}, "n"),
     ("poolside", {"prompt": "x", "presence_penalty": 0.5}, "presence_penalty"),
     ("cogito", {"prompt": "x", "logprobs": 2}, "logprobs"),
-    ("nebius", {"prompt": [[1, 2], [3]]}, "prompt"),
 ])
 async def test_field_that_would_change_the_answer_is_refused_naming_it(kind, given, param, proxy, vendors):
     with pytest.raises(openai.BadRequestError) as info:
@@ -67,7 +66,7 @@ async def test_field_that_would_change_the_answer_is_refused_naming_it(kind, giv
 
 
 async def test_refused_field_falls_over_to_a_target_that_takes_it(proxy, vendors):
-    raw = await proxy.client().completions.with_raw_response.create(model="pool-then-nebius", prompt=["a", "b"])
+    raw = await proxy.client().completions.with_raw_response.create(model="pool-then-nebius", prompt=[1, 2, 3])
     assert raw.headers["x-router-provider"] == "nebius"
     assert raw.headers["x-router-attempts"] == "1"
     assert vendors.poolside.control.requests == []
@@ -199,3 +198,12 @@ async def test_dropped_hint_field_is_counted(proxy, vendors):
     await proxy.client().completions.create(model="via-poolside", prompt="x", user="u-1")
     assert proxy.app[METRICS].registry.get_sample_value(
         "router_dropped_fields_total", {"provider": "poolside", "field": "user"}) == 1
+
+
+@pytest.mark.parametrize("kind", ["cogito", "nebius", "interactive"])
+async def test_max_completion_tokens_reaches_vendor_as_its_max_tokens(kind, proxy, vendors):
+    """What LangChain's ChatOpenAI(max_tokens=N) sends: a Cogito-only model must answer it."""
+    await proxy.client().chat.completions.create(model=f"via-{kind}", messages=[{"role": "user", "content": "x"}],
+                                                 max_completion_tokens=12)
+    body = vendors[kind].control.requests[-1].body
+    assert body["max_tokens"] == 12 and "max_completion_tokens" not in body

@@ -38,3 +38,33 @@ async def test_client_disconnect_closes_upstream_stream(start_proxy):
         assert len(sent) == seen, "upstream still streaming a second later"
     finally:
         await vendor.close()
+
+
+async def test_client_disconnect_closes_every_part_of_a_split_stream(start_proxy):
+    sent: list[int] = []
+
+    @web.middleware
+    async def count_events(request, handler):
+        request[EVENT_TAP] = lambda payload: sent.append(1)
+        return await handler(request)
+
+    control = StandinControl()
+    control.push(*[Reply(text="x" * 200, chunks=100, chunk_delay=0.02)] * 3)
+    vendor = await start_standin("poolside", control=control, api_key=None, middlewares=[count_events])
+    try:
+        proxy = await start_proxy({"providers": {"up": {"kind": "poolside", "base_url": vendor.url}},
+                                   "models": {"slow": {"targets": [{"provider": "up", "model": "m"}]}}})
+        async with aiohttp.ClientSession() as s:
+            resp = await s.post(proxy.url + "/v1/completions",
+                                json={"model": "slow", "prompt": ["a", "b", "c"], "stream": True})
+            assert resp.status == 200
+            await resp.content.readuntil(b"\n\n")
+            resp.close()  # the client goes away after its first event
+        await asyncio.sleep(0.5)
+        seen = len(sent)
+        await asyncio.sleep(0.5)
+        assert len(control.requests) == 3
+        assert seen < 150, f"upstream kept streaming after the client left ({seen} events)"
+        assert len(sent) == seen, "some part still streaming a second later"
+    finally:
+        await vendor.close()

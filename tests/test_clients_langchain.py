@@ -17,9 +17,6 @@ from pydantic import BaseModel
 
 from tests.fixtures_proxy import RunningProxy
 
-SPLITTING = pytest.mark.xfail(strict=True, reason="needs prompt-list splitting (issue 11, item 3)")
-MAX_COMPLETION_TOKENS = pytest.mark.xfail(
-    strict=True, reason="needs max_completion_tokens translated for Cogito (issue 11, item 2)")
 
 
 def chat(proxy: RunningProxy, model: str = "kimi", **kw: Any) -> ChatOpenAI:
@@ -77,7 +74,6 @@ async def test_langchain_max_tokens_reaches_the_vendor(vendors, demo_proxy) -> N
     assert 7 in (sent.get("max_tokens"), sent.get("max_completion_tokens"))
 
 
-@MAX_COMPLETION_TOKENS
 async def test_langchain_max_tokens_is_served_by_a_cogito_first_model(vendors, demo_proxy) -> None:
     await chat(demo_proxy, "kimi", max_tokens=7).ainvoke("Hello")
     assert [r.body.get("max_tokens") for r in vendors.cogito.control.requests] == [7]
@@ -127,7 +123,6 @@ async def test_langchain_llm_invoke_on_a_poolside_model(vendors, demo_proxy) -> 
     assert vendors.poolside.control.requests[-1].body["prompt"] == "Say hi"
 
 
-@SPLITTING
 async def test_langchain_llm_batch_on_a_poolside_model(vendors, demo_proxy) -> None:
     answers = await llm(demo_proxy, "malibu").abatch(["Say a", "Say b"])
     assert answers == ["Hello from the stand-in."] * 2

@@ -17,7 +17,6 @@ import pytest
 from tests.fixtures_proxy import RunningProxy
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
-NEEDS_ID = pytest.mark.xfail(strict=True, reason="needs an id filled on Poolside answers (issue 11, item 1)")
 
 
 def node_or_skip() -> str:
@@ -82,7 +81,6 @@ async def test_node_sdk_completion_on_a_poolside_model(vendors, demo_proxy) -> N
     assert (await scenario(demo_proxy, "poolside_completion"))["text"] == "Hello from the stand-in."
 
 
-@NEEDS_ID
 async def test_node_sdk_poolside_answer_has_an_id(vendors, demo_proxy) -> None:
     got = await scenario(demo_proxy, "poolside_completion")
     assert isinstance(got["id"], str) and got["id"]

@@ -109,6 +109,17 @@ async def test_models_list_shows_only_what_the_key_may_use(proxy):
     assert anonymous == (401, "authentication_error")
 
 
+async def test_one_model_is_retrieved_only_where_the_key_may_use_it(proxy):
+    import openai
+    client = proxy.client(api_key=TEAM_SECRET)
+    assert (await client.models.retrieve("llama-8b")).id == "llama-8b"
+    with pytest.raises(openai.NotFoundError) as info:
+        await client.models.retrieve("secret-model")   # exists, but not for this key: as unknown
+    assert info.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.AuthenticationError):
+        await proxy.client(api_key="sk-wrong").models.retrieve("llama-8b")
+
+
 async def test_without_a_keys_section_the_proxy_is_open_and_says_so(vendors, start_proxy, caplog):
     caplog.set_level(logging.WARNING)
     proxy = await start_proxy(doc(vendors, None), vendors=vendors)
