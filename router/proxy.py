@@ -17,7 +17,8 @@ import orjson
 from aiohttp import web
 from tenacity import RetryCallState
 
-from providers.base import Action, UpstreamError, Unsupported, bad_upstream_body, transport_error
+from providers.base import (MAX_ERROR_BODY, Action, UpstreamError, Unsupported, bad_upstream_body, past_deadline,
+                            stalled, transport_error)
 from router.background import Background
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
@@ -29,7 +30,8 @@ from router.normalize import Normalized
 from router.retry import retrying
 from router.routes import Target
 from router.state import Grant, SharedState, TargetGrant
-from router.streaming import relay_stream
+from router.streaming import MAX_ANSWER_BODY, open_stream, read_body, relay_stream
+from router.watchdog import Watchdog
 
 
 NO_LIMITS = LimitSpec()
@@ -171,72 +173,84 @@ class Proxy:
                        payload: bytes, deadline: float) -> web.StreamResponse:
         target = cand.target
         adapter = target.adapter
-        ex.attempts += 1
         remaining = deadline - time.monotonic()
-        if norm.stream:
-            timeout = aiohttp.ClientTimeout(total=None, connect=min(target.connect_timeout_s, remaining),
-                                            sock_read=min(target.timeout_s, remaining))
-        else:
-            timeout = aiohttp.ClientTimeout(total=min(target.timeout_s, remaining),
-                                            connect=target.connect_timeout_s)
+        if remaining <= 0:
+            # aiohttp reads a timeout <= 0 as none at all: past the deadline nothing is sent.
+            raise past_deadline()
+        ex.attempts += 1
+        loop = asyncio.get_running_loop()
+        # One watchdog holds the attempt's limit until its answer starts: the whole answer of a
+        # non-stream request, a stream's first event. Trickled headers and keep-alive comments
+        # do not move it, and it never passes the request's deadline.
+        limit = min(target.timeout_s, remaining, target.idle_timeout_s if norm.stream else remaining)
+        hard = loop.time() + limit
+        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=min(target.connect_timeout_s, limit))
         headers = {**adapter.headers, "X-Request-Id": ex.request_id}
         started = time.monotonic()
-        outcome = "ok"
-        try:
-            resp = await self.session.post(adapter.urls[norm.endpoint], data=payload, headers=headers,
-                                           timeout=timeout)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            err = transport_error(target.provider, exc)
-            self._count(target, err.reason, started, ex)
-            raise err from None
+        outcome: str | None = None   # stays None unless the attempt completes: no health verdict
         ended: float | None = None
+        resp: aiohttp.ClientResponse | None = None
         try:
-            if resp.status != 200:
-                try:
-                    raw = await resp.read()
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    raw = b""   # the status says enough; a cut-off error body must not hide it
-                err = adapter.map_error(resp.status, resp.headers, raw)
-                outcome = err.reason
-                raise err
+            try:
+                async with Watchdog(hard) as wd:
+                    resp = await self.session.post(adapter.urls[norm.endpoint], data=payload, headers=headers,
+                                                   timeout=timeout)
+                    if resp.status != 200:
+                        raw = await read_body(resp, target.provider, wd, hard, target.idle_timeout_s,
+                                              MAX_ERROR_BODY, cut_ok=True)
+                        raise adapter.map_error(resp.status, resp.headers, raw)
+                    if norm.stream:
+                        opened = await open_stream(adapter, target.provider, resp)
+                    else:
+                        try:
+                            raw = await read_body(resp, target.provider, wd, hard, target.idle_timeout_s,
+                                                  MAX_ANSWER_BODY)
+                        except asyncio.CancelledError:
+                            # The vendor answered and will bill it: keep what was reserved for it.
+                            ex.served = not wd.expired
+                            raise
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                if resp is not None and isinstance(exc, asyncio.TimeoutError):
+                    # The answer began and then went silent: this target is stuck, try the next.
+                    raise stalled(target.provider) from None
+                raise transport_error(target.provider, exc) from None
             if norm.stream:
-                try:
-                    relayed = await relay_stream(request, ex, norm, cand.public, target, resp, self.metrics)
-                except UpstreamError as err:
-                    outcome = err.reason
-                    raise
-                # An attempt's stream latency is its time to first event.
+                relayed = await relay_stream(request, ex, norm, cand.public, target, resp, self.metrics, opened)
+                # An attempt's stream latency is its time to first event; a client that left
+                # before the end leaves no verdict on the upstream.
                 ended = relayed.first_event_at
-                if relayed.broken:
-                    outcome = "stream_interrupted"
+                if not relayed.client_gone:
+                    outcome = "stream_interrupted" if relayed.broken else "ok"
                 return relayed.response
             try:
-                raw = await resp.read()
                 data = orjson.loads(raw)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                broken = transport_error(target.provider, exc)
-                outcome = broken.reason
-                raise broken from None
             except orjson.JSONDecodeError:
-                outcome = "bad_response"
                 raise bad_upstream_body(target.provider, "a body that is not JSON") from None
             if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-                outcome = "bad_response"
                 raise bad_upstream_body(target.provider, "an answer without 'choices'")
             adapter.fix_response(norm.endpoint, data)
             data["model"] = cand.public
             data["provider"] = target.provider
             ex.take_usage(data.get("usage"))
             ex.served = True
+            outcome = "ok"
             return web.Response(body=orjson.dumps(data), content_type="application/json")
+        except UpstreamError as err:
+            outcome = err.reason
+            raise
         finally:
-            resp.release()
+            if resp is not None:
+                resp.release()
             self._count(target, outcome, started, ex, ended)
 
-    def _count(self, target: Target, outcome: str, started: float, ex: Exchange,
+    def _count(self, target: Target, outcome: str | None, started: float, ex: Exchange,
                ended: float | None = None) -> None:
         elapsed = (ended or time.monotonic()) - started
         ex.upstream_s += elapsed
+        if outcome is None:
+            # Cancelled (the client left) or a bug: the upstream earned no verdict either way.
+            self.metrics.attempts.labels(target.provider, "aborted").inc()
+            return
         self.metrics.attempts.labels(target.provider, outcome).inc()
         self.metrics.upstream_duration.labels(target.provider, outcome).observe(elapsed)
         if outcome == "ok":
