@@ -98,6 +98,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "stall",          # `after` events (half the body, unstreamed) then `seconds` of silence
     "ping",           # `: ping` comments for `seconds` before the first event
     "echo_key",       # error `status` whose message repeats the request's Authorization header
+                      # (in a stream with `after` events: an in-band error event that does)
     "endless_error",  # error `status` whose body never ends
 )
 

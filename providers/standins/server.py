@@ -169,13 +169,13 @@ class StandinServer:
                     texts: list[str]) -> web.StreamResponse:
         """Play one contract-breaking fault; raw bytes, so nothing here passes the schema checks."""
         kind = fault.kind
-        if kind in ("status", "echo_key", "endless_error"):
+        echo = f"Invalid credentials: {request.headers.get('Authorization', '')}"
+        if kind in ("status", "echo_key", "endless_error") and not (kind == "echo_key" and call.stream and fault.after):
             error_kind = "rate_limit" if fault.status == 429 else "server_error"
             _, body = self.dialect.error(call, error_kind, None)
             if kind == "echo_key":
                 # Some vendors do this: "invalid key Bearer sk-...", the caller's own secret.
-                said = f"Invalid credentials: {request.headers.get('Authorization', '')}"
-                body = {"error": {"message": said, "type": "invalid_request_error", "param": None, "code": None}}
+                body = {"error": {"message": echo, "type": "invalid_request_error", "param": None, "code": None}}
             headers = {"Content-Type": "application/json"}
             if fault.retry_after is not None:
                 headers["Retry-After"] = fault.retry_after
@@ -228,6 +228,8 @@ class StandinServer:
         elif kind == "broken_line":
             line = tail[0] if tail else events[-1]
             tail = [line[:20] + b"\n" + line[20:]] + tail[1:]
+        elif kind == "echo_key":   # in-band, after the stream began
+            tail = [b"data: " + orjson.dumps({"error": {"message": echo, "type": "server_error"}}) + b"\n\n"]
         elif kind == "error_event":
             tail = [b'data: {"error": {"message": "The server had an error while processing your request.", '
                     b'"type": "server_error", "param": null, "code": null}}\n\n']
