@@ -188,3 +188,22 @@ async def test_client_that_stops_reading_ends_the_request_and_frees_the_upstream
         assert [(line["status"], line["error"]) for line in lines] == [(499, "client_stalled")]
     finally:
         sock.close()
+
+
+async def test_abandoned_answer_the_vendor_had_begun_keeps_its_tpm_reservation(vendors, start_proxy, monkeypatch):
+    monkeypatch.setenv("ROUTER_TEST_KEY_T", "sk-t")
+    proxy = await start_proxy({"providers": providers_for([vendors.openai]),
+                               "models": {"m": {"targets": [{"provider": "openai", "model": "m-1"}]}},
+                               "keys": {"t": {"key_env": "ROUTER_TEST_KEY_T", "limits": {"tpm": 300}}}},
+                              vendors=vendors)
+    body = {"model": "m", "prompt": "hi", "max_tokens": 200}
+    auth = {"Authorization": "Bearer sk-t"}
+    vendors.openai.control.push(Fault("stall", after=0, seconds=3))   # headers and half the body, then a wait
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(asyncio.TimeoutError):
+            await s.post(proxy.url + "/v1/completions", json=body, headers=auth,
+                         timeout=aiohttp.ClientTimeout(total=0.5))
+        assert await wait_for(lambda: metric(proxy, "router_requests_in_flight") == 0)
+        async with s.post(proxy.url + "/v1/completions", json=body, headers=auth) as r:
+            assert r.status == 429, "the abandoned answer's tokens were handed back although the vendor bills them"
+    vendors.openai.control.clear()
