@@ -95,9 +95,9 @@ async def open_stream(adapter: Adapter, provider: str, resp: aiohttp.ClientRespo
         batch = await anext(upstream, None)
     except (HttpProcessingError, ValueError):
         raise bad_upstream_body(provider, "a stream that could not be read") from None
-    first = batch[0] if batch else None
-    if first is None or first == b"[DONE]":
+    if not batch or batch[0] == b"[DONE]":
         raise bad_upstream_body(provider, "a stream with no events")
+    first = batch[0]
     obj = _load(first)
     if obj is None:
         raise bad_upstream_body(provider, "a stream event that is not JSON")
