@@ -131,8 +131,8 @@ async def proxy(vendors, start_proxy):
     providers = providers_for([vendors[FIRST], vendors[SECOND]])
     # The faulty target's limits are short so the table runs fast; its own idle limit also
     # shows a provider overriding settings.stream_idle_timeout_s.
-    providers[FIRST].update(timeout_s=1.5, stream_idle_timeout_s=0.8)
-    providers["dead"] = {"kind": "openai", "base_url": f"http://127.0.0.1:{closed_port()}/v1", "timeout_s": 1.5}
+    providers[FIRST].update(timeout_s=2, stream_idle_timeout_s=1.2)
+    providers["dead"] = {"kind": "openai", "base_url": f"http://127.0.0.1:{closed_port()}/v1", "timeout_s": 2}
     models = {
         "g": {"targets": [{"provider": FIRST, "model": "m-1"}, {"provider": SECOND, "model": "m-1"}]},
         "solo": {"targets": [{"provider": FIRST, "model": "m-1"}]},
