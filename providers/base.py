@@ -20,9 +20,12 @@ The subclass for an OpenAI-compatible vendor is a few lines: its paths and field
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -115,6 +118,9 @@ class Adapter:
             self.headers["Authorization"] = f"Bearer {settings.api_key}"
         self.has_key = bool(settings.api_key)
         self.fields = {ep: self.field_table(ep) for ep in self.paths}
+        # Every vendor key the table holds (set by the table once all adapters exist): none
+        # may reach a client or a log, even when a vendor's error message repeats it.
+        self.secrets: tuple[str, ...] = (settings.api_key,) if settings.api_key else ()
 
     @classmethod
     def field_table(cls, endpoint: str) -> dict[str, Decision]:
@@ -239,7 +245,28 @@ class Adapter:
             except orjson.JSONDecodeError:
                 body = None
         message, code, param = self.error_fields(status, body)
+        if message:
+            message = self.scrub(message[:MAX_MESSAGE_CHARS])
+        if param:
+            param = self.scrub(param[:MAX_MESSAGE_CHARS])
         return classify(self.name, status, message, code, param, headers.get("Retry-After"))
+
+    def scrub(self, text: str) -> str:
+        """`text` with every configured vendor key and anything bearer-token-like blanked."""
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return _TOKENISH.sub(REDACTED, text)
+
+
+REDACTED = "[redacted]"
+# What a vendor's message may echo of a credential: an Authorization value, an sk-/pk- style
+# key, a JWT. Over-blanking a word costs a clearer message; under-blanking leaks a key.
+_TOKENISH = re.compile(r"(?i)\bbearer\s+[^\s\"',;]+|\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{6,}"
+                       r"|\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-.]*")
+MAX_MESSAGE_CHARS = 1000
+# An upstream error body is read up to this many bytes; the status says enough past it.
+MAX_ERROR_BODY = 64 * 1024
 
 
 def _str(value: Any) -> str | None:
@@ -250,13 +277,29 @@ MODEL_NOT_FOUND_CODES = frozenset({"model_not_found", "model-not-found"})
 CONTEXT_CODES = frozenset({"context_length_exceeded", "max-tokens-exceeded", "max_tokens_exceeded"})
 
 
+# A hint longer than this is not a hint (a day): treated like none at all.
+MAX_RETRY_AFTER_S = 86400.0
+
+
 def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from `Retry-After` in either of HTTP's forms (delta-seconds or an
+    HTTP-date); None for no usable hint: absent, unparseable, negative, infinite or absurd."""
     if not value:
         return None
+    value = value.strip()
     try:
-        return max(0.0, float(value))
+        wait = float(value)
     except ValueError:
-        return None  # an HTTP date: rare from these vendors; treated as "no hint"
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        wait = max(0.0, when.timestamp() - time.time())
+    if not 0 <= wait <= MAX_RETRY_AFTER_S:   # also false for nan
+        return None
+    return wait
 
 
 def classify(provider: str, status: int, message: str | None, code: str | None, param: str | None,
@@ -275,8 +318,8 @@ def classify(provider: str, status: int, message: str | None, code: str | None, 
             Action.RETURN, "client_error")
     if status == 429:
         wait = parse_retry_after(retry_after)
-        # HTTP's Retry-After is whole seconds; some vendors send fractions.
-        headers = {"Retry-After": str(math.ceil(wait))} if wait is not None else {}
+        # HTTP's Retry-After is whole seconds; some vendors send fractions, dates or nothing.
+        headers = {"Retry-After": str(max(1, math.ceil(wait)) if wait is not None else 1)}
         return UpstreamError(
             RouterError(429, f"Provider '{provider}' is rate limiting requests{said}", type=RATE_LIMIT,
                         code="rate_limit_exceeded", headers=headers),
@@ -308,6 +351,18 @@ def bad_upstream_body(provider: str, what: str) -> UpstreamError:
     return UpstreamError(
         RouterError(502, f"Provider '{provider}' sent {what}", type=UPSTREAM, code="upstream_bad_response"),
         Action.NEXT, "bad_response")
+
+
+def stalled(provider: str) -> UpstreamError:
+    """An answer that began (headers, keep-alive comments) and then went silent: the target
+    is stuck, so the next one is tried rather than this one again."""
+    return UpstreamError(RouterError(504, f"Provider '{provider}' went silent before its answer was complete",
+                                     type=UPSTREAM, code="upstream_timeout"), Action.NEXT, "timeout")
+
+
+def past_deadline() -> UpstreamError:
+    return UpstreamError(RouterError(504, "The request's deadline passed before any provider could answer",
+                                     type=UPSTREAM, code="deadline_exceeded"), Action.NEXT, "deadline")
 
 
 def transport_error(provider: str, exc: BaseException) -> UpstreamError:

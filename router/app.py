@@ -59,7 +59,7 @@ async def _shared_state(app: web.Application) -> AsyncIterator[None]:
 
 async def _client_session(app: web.Application) -> AsyncIterator[None]:
     """One pooled session for every upstream call; per-attempt timeouts are set by the proxy."""
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=512, ttl_dns_cache=300, enable_cleanup_closed=True)
     session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10),
                                     auto_decompress=True, raise_for_status=False, skip_auto_headers=("User-Agent",))
     app[PROXY] = Proxy(session, app[METRICS], app[STATE])

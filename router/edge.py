@@ -76,7 +76,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _fail(ex: Exchange, err: RouterError) -> web.Response:
     ex.status = err.status
-    ex.error_code = err.code
+    ex.error_code = err.code or err.type   # the access log names every error, code or not
     return error_response(err)
 
 

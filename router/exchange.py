@@ -18,12 +18,14 @@ from router.metrics import ANONYMOUS, UNKNOWN
 from router.routes import Price
 from router.state import TargetGrant
 
-_SANE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+# Whole-string match (`$` alone would let a trailing newline through): at most 128 printable
+# characters, none of them a control character or a space.
+_SANE_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
 def request_id(given: str | None) -> str:
     """The client's own id when it is safe to log and forward; otherwise a fresh one."""
-    if given and _SANE_ID.match(given):
+    if given and _SANE_ID.fullmatch(given):
         return given
     return os.urandom(16).hex()
 

@@ -18,7 +18,8 @@ import orjson
 from aiohttp import web
 from tenacity import RetryCallState
 
-from providers.base import Action, Fill, UpstreamError, Unsupported, bad_upstream_body, transport_error
+from providers.base import (MAX_ERROR_BODY, Action, Fill, UpstreamError, Unsupported, bad_upstream_body,
+                            past_deadline, stalled, transport_error)
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
@@ -30,7 +31,8 @@ from router.retry import retrying
 from router.routes import Target
 from router.state import Grant, SharedState, TargetGrant
 from router.split import payloads, split_attempt
-from router.streaming import relay_stream
+from router.streaming import MAX_ANSWER_BODY, open_stream, read_body, relay_stream
+from router.watchdog import Watchdog
 
 
 NO_LIMITS = LimitSpec()
@@ -170,39 +172,73 @@ class Proxy:
 
     async def _attempt(self, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
                        payload: bytes | list[bytes], deadline: float) -> web.StreamResponse:
+        target = cand.target
+        adapter = target.adapter
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            # aiohttp reads a timeout <= 0 as none at all: past the deadline nothing is sent.
+            raise past_deadline()
         ex.attempts += 1
         if isinstance(payload, list):   # a prompt list split for a vendor that takes one prompt per call
             return await split_attempt(self, request, ex, norm, cand, payload, deadline)
-        target = cand.target
-        adapter = target.adapter
-        resp, started = await self.open_upstream(ex, target, norm, payload, deadline)
-        outcome = "ok"
+        loop = asyncio.get_running_loop()
+        # One watchdog holds the attempt's limit until its answer starts: the whole answer of a
+        # non-stream request, a stream's first event. Trickled headers and keep-alive comments
+        # do not move it, and it never passes the request's deadline.
+        limit = min(target.timeout_s, remaining, target.idle_timeout_s if norm.stream else remaining)
+        hard = loop.time() + limit
+        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=min(target.connect_timeout_s, limit))
+        headers = {**adapter.headers, "X-Request-Id": ex.request_id}
+        started = time.monotonic()
+        outcome: str | None = None   # stays None unless the attempt completes: no health verdict
         ended: float | None = None
+        resp: aiohttp.ClientResponse | None = None
         try:
-            if norm.stream:
-                try:
-                    relayed = await relay_stream(request, ex, norm, cand.public, target, resp, self.metrics)
-                except UpstreamError as err:
-                    outcome = err.reason
-                    raise
-                # An attempt's stream latency is its time to first event.
-                ended = relayed.first_event_at
-                if relayed.broken:
-                    outcome = "stream_interrupted"
-                return relayed.response
             try:
-                data = await self.read_answer(target.provider, resp)
-            except UpstreamError as err:
-                outcome = err.reason
-                raise
+                async with Watchdog(hard) as wd:
+                    resp = await self.session.post(adapter.urls[norm.endpoint], data=payload, headers=headers,
+                                                   timeout=timeout)
+                    if resp.status != 200:
+                        raw = await read_body(resp, target.provider, wd, hard, target.idle_timeout_s,
+                                              MAX_ERROR_BODY, cut_ok=True)
+                        raise adapter.map_error(resp.status, resp.headers, raw)
+                    if norm.stream:
+                        opened = await open_stream(adapter, target.provider, resp)
+                    else:
+                        try:
+                            raw = await read_body(resp, target.provider, wd, hard, target.idle_timeout_s,
+                                                  MAX_ANSWER_BODY)
+                        except asyncio.CancelledError:
+                            # The vendor answered and will bill it: keep what was reserved for it.
+                            ex.served = not wd.expired
+                            raise
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                if resp is not None and isinstance(exc, asyncio.TimeoutError):
+                    # The answer began and then went silent: this target is stuck, try the next.
+                    raise stalled(target.provider) from None
+                raise transport_error(target.provider, exc) from None
+            if norm.stream:
+                relayed = await relay_stream(request, ex, norm, cand.public, target, resp, self.metrics, opened)
+                # An attempt's stream latency is its time to first event; a client that left
+                # before the end leaves no verdict on the upstream.
+                ended = relayed.first_event_at
+                if not relayed.client_gone:
+                    outcome = "stream_interrupted" if relayed.broken else "ok"
+                return relayed.response
+            data = self.parse_answer(target.provider, raw)
             adapter.openai_response(norm.endpoint, data, Fill.new(norm.endpoint))
             data["model"] = cand.public
             data["provider"] = target.provider
             ex.take_usage(data.get("usage"))
             ex.served = True
+            outcome = "ok"
             return web.Response(body=orjson.dumps(data), content_type="application/json")
+        except UpstreamError as err:
+            outcome = err.reason
+            raise
         finally:
-            resp.release()
+            if resp is not None:
+                resp.release()
             self.count_attempt(target, outcome, started, ex, ended)
 
     async def open_upstream(self, ex: Exchange, target: Target, norm: Normalized, payload: bytes,
@@ -237,23 +273,34 @@ class Proxy:
             raise err
         return resp, started
 
-    @staticmethod
-    async def read_answer(provider: str, resp: aiohttp.ClientResponse) -> dict[str, Any]:
-        """A whole answer's JSON; a cut-off, non-JSON or choice-less body is the vendor's failure."""
+    @classmethod
+    async def read_answer(cls, provider: str, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+        """A whole answer's JSON, read to the end; see parse_answer."""
         try:
-            data = orjson.loads(await resp.read())
+            raw = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise transport_error(provider, exc) from None
+        return cls.parse_answer(provider, raw)
+
+    @staticmethod
+    def parse_answer(provider: str, raw: bytes) -> dict[str, Any]:
+        """A non-JSON or choice-less body is the vendor's failure."""
+        try:
+            data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise bad_upstream_body(provider, "a body that is not JSON") from None
         if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
             raise bad_upstream_body(provider, "an answer without 'choices'")
         return data
 
-    def count_attempt(self, target: Target, outcome: str, started: float, ex: Exchange,
-               ended: float | None = None) -> None:
+    def count_attempt(self, target: Target, outcome: str | None, started: float, ex: Exchange,
+                      ended: float | None = None) -> None:
         elapsed = (ended or time.monotonic()) - started
         ex.upstream_s += elapsed
+        if outcome is None:
+            # Cancelled (the client left) or a bug: the upstream earned no verdict either way.
+            self.metrics.attempts.labels(target.provider, "aborted").inc()
+            return
         self.metrics.attempts.labels(target.provider, outcome).inc()
         self.metrics.upstream_duration.labels(target.provider, outcome).observe(elapsed)
         if outcome == "ok":

@@ -80,6 +80,7 @@ class ProviderConfig(Strict):
     api_key_env: EnvName | None = None
     timeout_s: PositiveFloat = 600.0
     connect_timeout_s: PositiveFloat = 5.0
+    stream_idle_timeout_s: PositiveFloat | None = None   # overrides settings.stream_idle_timeout_s
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -106,6 +107,9 @@ class Settings(Strict):
     retry: Retry = Retry()
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
     default_max_tokens: PositiveInt = 1024
+    # Longest upstream silence between a stream's events (or a body's reads), and longest a
+    # client may leave a stream's write unread; a provider may set its own.
+    stream_idle_timeout_s: PositiveFloat = 60.0
 
 
 class KeyConfig(Strict):
@@ -223,6 +227,7 @@ class Target:
     limits: LimitSpec | None
     timeout_s: float
     connect_timeout_s: float
+    idle_timeout_s: float = 60.0      # longest upstream silence between events, or in a body
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +292,9 @@ def parse(data: Any, source: str = "routes.yaml", environ: dict[str, str] | None
             adapters[name] = cls(ProviderSettings(name, p.base_url, key, p.options))
         except ValueError as exc:
             problems.append(f"providers.{name}.options: {exc}")
+    secrets = tuple(secret for a in adapters.values() for secret in a.secrets)
+    for adapter in adapters.values():
+        adapter.secrets = secrets
     groups: dict[str, ModelGroup] = {}
     s = cfg.settings
     for mname, m in cfg.models.items():
@@ -300,7 +308,8 @@ def parse(data: Any, source: str = "routes.yaml", environ: dict[str, str] | None
                 continue
             p = cfg.providers[t.provider]
             targets.append(Target(f"{t.provider}/{t.model}", t.provider, t.model, adapters[t.provider],
-                                  t.weight, t.price, limit_spec(t.limits), p.timeout_s, p.connect_timeout_s))
+                                  t.weight, t.price, limit_spec(t.limits), p.timeout_s, p.connect_timeout_s,
+                                  p.stream_idle_timeout_s or s.stream_idle_timeout_s))
         problems += strategy_problems(f"models.{mname}.strategy", m.strategy, [m])
         groups[mname] = ModelGroup(mname, tuple(targets), m.strategy, limit_spec(m.limits), m.deadline_s or s.deadline_s,
                                    m.max_attempts or s.max_attempts, m.retry or s.retry)

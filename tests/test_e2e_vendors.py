@@ -2,13 +2,36 @@
 
 from __future__ import annotations
 
+import logging
+
 import openai
 import pytest
 
-from providers.standins import BreakStream, Fail, Reply
+from providers.standins import BreakStream, Fail, Fault, Reply
+from router.errors import RouterError
 from tests.fixtures_proxy import providers_for, single_target_models
 
 KINDS = ["cogito", "poolside", "nebius", "interactive", "openai"]
+
+
+@pytest.fixture(autouse=True)
+def no_vendor_key_in_any_output(vendors, caplog, monkeypatch):
+    """After each test: no vendor's key in any error body the proxy built or any log line."""
+    caplog.set_level(logging.DEBUG)
+    bodies: list[str] = []
+    real_body = RouterError.body
+
+    def spy(self: RouterError) -> dict:
+        out = real_body(self)
+        bodies.append(repr(out) + repr(self.headers))
+        return out
+
+    monkeypatch.setattr(RouterError, "body", spy)
+    yield
+    output = bodies + [r.getMessage() for r in caplog.records] + [repr(r.__dict__) for r in caplog.records]
+    for vendor in vendors:
+        leaked = [o for o in output if vendor.api_key in o]
+        assert not leaked, f"{vendor.kind}'s key in the proxy's output: {leaked[:1]}"
 
 
 @pytest.fixture
@@ -138,3 +161,12 @@ async def test_stream_broken_after_commit_ends_with_error_event(vendors, proxy):
             got.append(c)
     assert len(got) == 3
     assert "broke off" in str(info.value) or "ended" in str(info.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_vendor_error_echoing_our_key_reaches_the_client_without_it(kind, vendors, proxy):
+    vendors[kind].control.push(Fault("echo_key", status=400))
+    with pytest.raises(openai.BadRequestError) as caught:
+        await proxy.client().completions.create(model=f"via-{kind}", prompt="hi")
+    assert "Invalid credentials" in str(caught.value)
+    assert vendors[kind].api_key not in str(caught.value) and vendors[kind].api_key not in str(caught.value.body)

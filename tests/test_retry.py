@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from providers.base import Action, UpstreamError, classify, transport_error
+from providers.base import Action, UpstreamError, classify, parse_retry_after, transport_error
 from providers.standins import Fail, Hang, Reply
 from router.retry import retrying
 from router.routes import Retry
@@ -215,3 +215,41 @@ async def test_settings_deadline_applies_when_the_group_has_none(vendors, start_
     started = time.monotonic()
     got, _, _ = await call(proxy)
     assert got == 504 and time.monotonic() - started < 1.5
+
+
+def in_seconds(s: int) -> str:
+    import email.utils
+    return email.utils.formatdate(time.time() + s, usegmt=True)
+
+
+@pytest.mark.parametrize(("given", "wait"), [
+    ("3", 3.0), ("0.25", 0.25), (" 7 ", 7.0), ("0", 0.0),
+    (None, None), ("", None), ("soon", None), ("-1", None), ("inf", None), ("1e999", None), ("nan", None),
+    ("86401", None),                                  # more than a day is not a hint
+    ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),          # a date already past: retry now
+    ("Mon, 99 Foo 2015 07:28:00 GMT", None),
+])
+def test_retry_after_in_either_form_or_unusable_is_no_hint(given, wait):
+    assert parse_retry_after(given) == wait
+
+
+def test_retry_after_as_an_http_date_is_seconds_from_now():
+    assert 28 <= (parse_retry_after(in_seconds(30)) or 0) <= 30
+
+
+@pytest.mark.parametrize(("given", "header"), [
+    ("2.2", "3"), ("0", "1"), (None, "1"), ("inf", "1"), ("1e999", "1"), ("junk", "1"),
+])
+def test_final_429_carries_retry_after_in_whole_seconds(given, header):
+    err = classify("v", 429, "slow down", None, None, given)
+    assert err.error.headers == {"Retry-After": header}
+
+
+def test_final_429_from_an_http_date_carries_whole_seconds():
+    seconds = int(classify("v", 429, None, None, None, in_seconds(40)).error.headers["Retry-After"])
+    assert 38 <= seconds <= 40
+
+
+async def test_retry_after_date_past_the_cap_falls_over_at_once():
+    calls, sleeps, outcome = await run([failure(429, in_seconds(30)), "ok"])
+    assert (calls, sleeps) == (1, []) and isinstance(outcome, UpstreamError)

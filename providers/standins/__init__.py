@@ -11,8 +11,10 @@ from aiohttp import web
 
 from providers.standins.base import (
     ERROR_KINDS,
+    FAULT_KINDS,
     BreakStream,
     Fail,
+    Fault,
     Hang,
     RecordedRequest,
     Reply,
@@ -63,9 +65,11 @@ __all__ = [
     "BASE_PATHS",
     "ERROR_KINDS",
     "EVENT_TAP",
+    "FAULT_KINDS",
     "STANDIN_KINDS",
     "BreakStream",
     "Fail",
+    "Fault",
     "Hang",
     "RecordedRequest",
     "Reply",

@@ -1,6 +1,6 @@
 """The script a test (or the demo) gives a stand-in, and what the stand-in saw.
 
-A test pushes steps (`Reply`, `Fail`, `BreakStream`, `Hang`) that are consumed one per request,
+A test pushes steps (`Reply`, `Fail`, `BreakStream`, `Hang`, `Fault`) that are consumed one per request,
 in order; with nothing queued the stand-in just succeeds. Every request that reaches a stand-in
 is recorded, so a test can assert on exactly what the proxy sent upstream.
 """
@@ -87,7 +87,41 @@ class Hang:
     seconds: float = 30.0
 
 
-Step = Union[Reply, Fail, BreakStream, Hang]
+FAULT_KINDS: tuple[str, ...] = (
+    "status",         # `status` in the vendor's error shape, with `retry_after` sent as given
+    "bad_json",       # a 200 whose body (or, after `after` events, whose next event) is not JSON
+    "wrong_shape",    # a 200 JSON answer (or first event) without `choices`
+    "broken_line",    # after `after` events, one event's data line cut in two by a newline
+    "no_done",        # every event, then a clean end without `data: [DONE]`
+    "split",          # the whole stream, one byte per write
+    "error_event",    # after `after` events, an in-band `{"error": ...}` event, then [DONE]
+    "stall",          # `after` events (half the body, unstreamed) then `seconds` of silence
+    "ping",           # `: ping` comments for `seconds` before the first event
+    "echo_key",       # error `status` whose message repeats the request's Authorization header
+                      # (in a stream with `after` events: an in-band error event that does)
+    "endless_error",  # error `status` whose body never ends
+)
+
+
+@dataclass
+class Fault:
+    """Break the vendor's contract on purpose: bytes no spec allows, for the proxy's fault tests.
+
+    Unlike the other steps, its answers are not held to the vendor's schema (they cannot be).
+    """
+
+    kind: str
+    after: int = 0
+    status: int = 500
+    retry_after: str | None = None
+    seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {self.kind!r}; expected one of {FAULT_KINDS}")
+
+
+Step = Union[Reply, Fail, BreakStream, Hang, Fault]
 
 
 @dataclass
@@ -106,7 +140,7 @@ class StandinControl:
     def push(self, *steps: Step) -> None:
         """Queue steps; each request consumes one, first in first out."""
         for step in steps:
-            if not isinstance(step, (Reply, Fail, BreakStream, Hang)):
+            if not isinstance(step, (Reply, Fail, BreakStream, Hang, Fault)):
                 raise TypeError(f"not a stand-in step: {step!r}")
         self._steps.extend(steps)
 

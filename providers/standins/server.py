@@ -17,8 +17,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from providers.standins.base import BreakStream, Fail, Hang, Headers, RecordedRequest, Reply, StandinControl, Step
 from providers.standins.answers import Answer
+from providers.standins.base import (BreakStream, Fail, Fault, Hang, Headers, RecordedRequest, Reply, StandinControl,
+                                     Step)
 from providers.standins.dialect import Call, Dialect
 
 EventTap = Callable[[dict[str, Any]], None]
@@ -97,6 +98,10 @@ class StandinServer:
         if isinstance(step, Fail):
             return self.fail(call, step)
         texts = [demo_text(call, p) if demo else None for p in call.prompts()]
+        if isinstance(step, Fault):
+            reply = Reply(chunks=max(step.after + 1, Reply.chunks))
+            return await self.fault(request, call, step, reply,
+                                    self.dialect.answers(call, [t or reply.text for t in texts]))
         if isinstance(step, BreakStream):
             reply = Reply(chunks=max(step.after + 1, Reply.chunks))
             answers = self.dialect.answers(call, [t or reply.text for t in texts])
@@ -159,6 +164,83 @@ class StandinServer:
         if call.include_usage:
             await self._send(request, resp, self.dialect.usage_chunk(call, reply))
         await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def fault(self, request: web.Request, call: Call, fault: Fault, reply: Reply,
+                    answers: list[Answer]) -> web.StreamResponse:
+        """Play one contract-breaking fault; raw bytes, so nothing here passes the schema checks."""
+        kind = fault.kind
+        echo = f"Invalid credentials: {request.headers.get('Authorization', '')}"
+        if kind in ("status", "echo_key", "endless_error") and not (kind == "echo_key" and call.stream and fault.after):
+            error_kind = "rate_limit" if fault.status == 429 else "server_error"
+            _, body = self.dialect.error(call, error_kind, None)
+            if kind == "echo_key":
+                # Some vendors do this: "invalid key Bearer sk-...", the caller's own secret.
+                body = {"error": {"message": echo, "type": "invalid_request_error", "param": None, "code": None}}
+            headers = {"Content-Type": "application/json"}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = fault.retry_after
+            resp = web.StreamResponse(status=fault.status, headers=headers)
+            await resp.prepare(request)
+            if kind == "endless_error":
+                await resp.write(b'{"error": {"message": "')
+                while True:   # until the client hangs up
+                    await resp.write(b"x" * 65536)
+            await resp.write(orjson.dumps(body))
+            await resp.write_eof()
+            return resp
+        if not call.stream:
+            payload = orjson.dumps(self.dialect.success(call, reply, answers))
+            raw = {"bad_json": payload[: len(payload) // 2], "wrong_shape": b'{"status": "ok"}'}.get(kind, payload)
+            resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            if kind == "stall":
+                await resp.write(payload[: len(payload) // 2])
+                await asyncio.sleep(fault.seconds)
+                raw = payload[len(payload) // 2:]
+            elif kind == "ping":
+                await asyncio.sleep(fault.seconds)
+            await resp.write(raw)
+            await resp.write_eof()
+            return resp
+        resp = await self._open_stream(request, call, reply)
+        events = [b"data: " + orjson.dumps(e) + b"\n\n" for e in self.events(call, reply, answers)]
+        if call.include_usage:
+            events.append(b"data: " + orjson.dumps(self.dialect.usage_chunk(call, reply)) + b"\n\n")
+        done = b"data: [DONE]\n\n"
+        head, tail = events[: fault.after], events[fault.after:]
+        if kind == "ping":
+            end = asyncio.get_running_loop().time() + fault.seconds
+            while asyncio.get_running_loop().time() < end:
+                await resp.write(b": ping\n\n")
+                await asyncio.sleep(0.05)
+        elif kind == "split":
+            for byte in b"".join(events) + done:
+                await resp.write(bytes([byte]))
+                await asyncio.sleep(0)
+            await resp.write_eof()
+            return resp
+        for e in head:
+            await resp.write(e)
+        if kind == "bad_json":
+            tail = [b'data: {"choices": [\n\n']
+        elif kind == "wrong_shape":
+            tail = [b'data: {"status": "ok"}\n\n']
+        elif kind == "broken_line":
+            line = tail[0] if tail else events[-1]
+            tail = [line[:20] + b"\n" + line[20:]] + tail[1:]
+        elif kind == "echo_key":   # in-band, after the stream began
+            tail = [b"data: " + orjson.dumps({"error": {"message": echo, "type": "server_error"}}) + b"\n\n"]
+        elif kind == "error_event":
+            tail = [b'data: {"error": {"message": "The server had an error while processing your request.", '
+                    b'"type": "server_error", "param": null, "code": null}}\n\n']
+        elif kind == "stall":
+            await asyncio.sleep(fault.seconds)
+        for e in tail:
+            await resp.write(e)
+        if kind != "no_done":
+            await resp.write(done)
         await resp.write_eof()
         return resp
 
