@@ -87,7 +87,8 @@ def _run(settings: ServeSettings, table: RouteTable | None, sock: socket.socket 
     """One serving process: its own event loop, app, sessions and Redis connections."""
     app = create_app(settings, table, watch=True)
     where = {"sock": sock} if sock is not None else {"host": settings.host, "port": settings.port}
-    web.run_app(app, access_log=None, handler_cancellation=True, print=None, loop=_new_loop(), **where)
+    web.run_app(app, access_log=None, handler_cancellation=True, print=None, loop=_new_loop(),
+                shutdown_timeout=settings.shutdown_grace_s, **where)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

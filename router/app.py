@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from router.background import Background
+from router.drain import DRAIN, Drain
 from router.edge import METRICS, edge, stamp_headers
 from router.handlers import PROXY, ROUTES, STATE, add_routes
 from router.metrics import Metrics
@@ -36,6 +37,9 @@ def create_app(settings: ServeSettings, table: RouteTable | None = None, *,
     app[ROUTES] = Routes(table or load(settings.config_path), settings.config_path if watch else None, metrics)
     add_routes(app)
     app.router.add_get("/metrics", metrics_handler)
+    app[DRAIN] = drain = Drain(settings.shutdown_grace_s)
+    app.on_shutdown.append(drain.begin)
+    app.cleanup_ctx.append(drain.ctx)
     app.on_response_prepare.append(stamp_headers)
     app.cleanup_ctx.append(_shared_state)
     app.cleanup_ctx.append(_client_session)

@@ -16,6 +16,7 @@ from typing import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from router.drain import DRAIN
 from router.errors import SERVER, RouterError, status_error
 from router.exchange import EXCHANGE, Exchange, request_id
 from router.metrics import Metrics
@@ -45,6 +46,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[EXCHANGE] = ex
     metrics = request.app[METRICS]
     metrics.in_flight.inc()
+    live = request.app[DRAIN].live
+    live.add(ex)
     try:
         response = await handler(request)
         if not ex.status:
@@ -69,6 +72,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _fail(ex, RouterError(500, "The proxy failed unexpectedly; the request id is in x-request-id.",
                                      type=SERVER, code="internal_error"))
     finally:
+        live.discard(ex)
         metrics.in_flight.dec()
         if ex.endpoint:
             record(metrics, ex)

@@ -30,7 +30,7 @@ def request_id(given: str | None) -> str:
     return os.urandom(16).hex()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # one per request, kept in a set while in flight
 class Exchange:
     request_id: str
     started: float = field(default_factory=time.monotonic)
@@ -55,6 +55,8 @@ class Exchange:
     served: bool = False          # an upstream answer (or a stream's first event) arrived
     healthy: list[tuple[str, float]] = field(default_factory=list)   # (target id, latency) of good attempts
     target_grant: TargetGrant | None = None
+    upstream: Any = None          # a committed stream's upstream response, while it is relayed
+    draining: bool = False        # the process is shutting down and ended this stream
     probes: list[str] = field(default_factory=list)    # targets this request holds a half-open probe slot of
     judged: set[str] = field(default_factory=set)      # targets an attempt gave a health verdict on
     prompt: Any = None            # only with ROUTER_LOG_PROMPTS (debugging): logged, never counted

@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from router.candidates import plan, target_ids
+from router.drain import DRAIN
 from router.errors import RouterError, model_not_found
 from router.exchange import EXCHANGE
 from router.keys import ClientKey
@@ -125,6 +126,8 @@ async def readyz(request: web.Request) -> web.Response:
     """Ready while a routes table is loaded and shared state can admit requests; a Redis
     outage with limits failing open is reported but still ready (the proxy serves)."""
     routes = request.app[ROUTES]
+    if request.app[DRAIN].draining:
+        return web.json_response({"status": "not ready", "checks": {"process": "shutting down"}}, status=503)
     ok, state = await request.app[STATE].ready()
     checks = {"config": f"generation {routes.table.generation} loaded", "state": state}
     if routes.last_error:

@@ -18,6 +18,7 @@ class ServeSettings:
     reload_interval_s: float = 2.0
     log_prompts: bool = False       # debug only: put prompt text in the access log
     redis_timeout_s: float = 0.25   # one pipelined batch of Redis calls; past it, fail open (or closed)
+    shutdown_grace_s: float = 60.0  # SIGTERM: how long requests in flight get to finish
 
     @classmethod
     def from_env(cls, **overrides: object) -> "ServeSettings":
@@ -28,6 +29,8 @@ class ServeSettings:
             "fail_open": env.get("ROUTER_LIMITS_FAIL_CLOSED", "") not in ("1", "true", "yes"),
             "reload_interval_s": _interval(env.get("ROUTER_RELOAD_INTERVAL")),
             "log_prompts": env.get("ROUTER_LOG_PROMPTS", "") in ("1", "true", "yes"),
+            "shutdown_grace_s": _bounded("ROUTER_SHUTDOWN_GRACE_S", env.get("ROUTER_SHUTDOWN_GRACE_S"),
+                                         cls.shutdown_grace_s, 1, 3600, "seconds"),
             "redis_timeout_s": _bounded("ROUTER_REDIS_TIMEOUT_MS", env.get("ROUTER_REDIS_TIMEOUT_MS"), 250, 1, 60_000,
                                         "milliseconds") / 1000,
         }

@@ -132,6 +132,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     ex.served = True
     response = web.StreamResponse(headers=SSE_HEADERS)
     ex.committed = True
+    ex.upstream = resp
     await response.prepare(request)
     if request.transport is not None:
         request.transport.set_write_buffer_limits(high=CLIENT_BUFFER_BYTES)
@@ -220,6 +221,9 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
         if failure is None and not done:
             failure = broken_stream(provider, "ended without [DONE]", "upstream_stream_interrupted")
         tail = DONE
+        if ex.draining:
+            failure = RouterError(503, "The proxy is shutting down and ended this stream; retry the request.",
+                                  type=UPSTREAM, code="server_shutting_down")
         if failure is not None:
             ex.status = failure.status
             ex.error_code = failure.code
@@ -246,6 +250,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
         resp.close()
         raise
     finally:
+        ex.upstream = None
         ex.upstream_s += time.monotonic() - first_at
         if not reported and not done:
             # Abandoned or broken before the vendor's usage came: charge what was surely used.

@@ -160,6 +160,18 @@ def test_k8s_proxy_deployment() -> None:
     assert hpa["minReplicas"] >= 2 and hpa["metrics"][0]["resource"]["name"] == "cpu"
 
 
+def test_k8s_grace_period_covers_the_proxys_own_shutdown_grace() -> None:
+    """The kubelet kills what is left after terminationGracePeriodSeconds, counted from
+    preStop: the proxy's own grace (after which open streams get an error event) must end first."""
+    dep = find("Deployment", "router")
+    c = _container(dep, "router")
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    pre_stop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    grace = float(env["ROUTER_SHUTDOWN_GRACE_S"])
+    assert float(pre_stop[1]) + grace < dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+
 def test_k8s_env_redis_and_vendor_keys_from_the_secret() -> None:
     c = _container(find("Deployment", "router"), "router")
     env = {e["name"]: e for e in c["env"]}
