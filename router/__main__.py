@@ -13,6 +13,7 @@ from typing import Sequence
 import orjson
 from aiohttp import web
 
+from router.access_log import AccessLog
 from router.app import create_app
 from router.routes import ConfigError, RouteTable, load
 from router.settings import ServeSettings
@@ -85,7 +86,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _run(settings: ServeSettings, table: RouteTable | None, sock: socket.socket | None) -> None:
     """One serving process: its own event loop, app, sessions and Redis connections."""
-    app = create_app(settings, table, watch=True)
+    # the access log straight to stdout, batched per loop iteration (see access_log.py)
+    to_stdout = logging.getLogger("router.access").isEnabledFor(logging.INFO)
+    app = create_app(settings, table, watch=True, access_log=AccessLog(sys.stdout.buffer if to_stdout else None))
     where = {"sock": sock} if sock is not None else {"host": settings.host, "port": settings.port}
     web.run_app(app, access_log=None, handler_cancellation=True, print=None, loop=_new_loop(),
                 shutdown_timeout=settings.shutdown_grace_s, **where)

@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from router.background import Background
+from router.access_log import ACCESS_LOG, AccessLog
 from router.drain import DRAIN, Drain
 from router.edge import METRICS, edge, stamp_headers
 from router.handlers import PROXY, ROUTES, STATE, add_routes
@@ -26,7 +27,7 @@ HARD_BODY_CAP = 64 * 1024 * 1024
 
 
 def create_app(settings: ServeSettings, table: RouteTable | None = None, *,
-               watch: bool | None = None) -> web.Application:
+               watch: bool | None = None, access_log: AccessLog | None = None) -> web.Application:
     """The proxy app. Without `table`, it loads `settings.config_path`; it watches that file
     for edits unless `watch` is false (the default when a table is handed in)."""
     metrics = Metrics()
@@ -34,6 +35,7 @@ def create_app(settings: ServeSettings, table: RouteTable | None = None, *,
     app = web.Application(middlewares=[edge], client_max_size=HARD_BODY_CAP, handler_args={"access_log": None})
     app[SETTINGS] = settings
     app[METRICS] = metrics
+    app[ACCESS_LOG] = access_log or AccessLog()
     app[ROUTES] = Routes(table or load(settings.config_path), settings.config_path if watch else None, metrics)
     add_routes(app)
     app.router.add_get("/metrics", metrics_handler)

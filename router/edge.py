@@ -16,13 +16,13 @@ from typing import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from router.access_log import ACCESS_LOG, AccessLog
 from router.drain import DRAIN
 from router.errors import SERVER, RouterError, status_error
 from router.exchange import EXCHANGE, Exchange, request_id
 from router.metrics import Metrics
 
 log = logging.getLogger("router")
-access = logging.getLogger("router.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS = web.AppKey("metrics", Metrics)
@@ -75,7 +75,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         live.discard(ex)
         metrics.in_flight.dec()
         if ex.endpoint:
-            record(metrics, ex)
+            record(metrics, request.app[ACCESS_LOG], ex)
 
 
 def _fail(ex: Exchange, err: RouterError) -> web.Response:
@@ -97,23 +97,23 @@ async def stamp_headers(request: web.Request, response: web.StreamResponse) -> N
         h.update(ex.headers)
 
 
-def record(metrics: Metrics, ex: Exchange) -> None:
+def record(metrics: Metrics, access_log: AccessLog, ex: Exchange) -> None:
     """Metrics and the access log line of one finished generation request."""
     total = time.monotonic() - ex.started
-    stream = "true" if ex.stream else "false"
     provider = ex.provider or "none"
     cost = ex.cost()
-    metrics.requests.labels(ex.model, provider, ex.key, ex.endpoint, stream, f"{ex.status // 100}xx").inc()
-    metrics.request_duration.labels(ex.model, provider, ex.endpoint, stream).observe(total)
-    metrics.overhead.labels(ex.endpoint, stream).observe(max(0.0, total - ex.upstream_s))
+    m = metrics.request_series(ex.model, provider, ex.key, ex.endpoint, ex.stream, ex.status)
+    m.requests.inc()
+    m.duration.observe(total)
+    m.overhead.observe(max(0.0, total - ex.upstream_s))
     if ex.prompt_tokens or ex.completion_tokens:
-        metrics.tokens.labels(ex.model, provider, ex.key, "prompt").inc(ex.prompt_tokens)
-        metrics.tokens.labels(ex.model, provider, ex.key, "completion").inc(ex.completion_tokens)
+        m.prompt_tokens.inc(ex.prompt_tokens)
+        m.completion_tokens.inc(ex.completion_tokens)
         if ex.cached_tokens:
-            metrics.tokens.labels(ex.model, provider, ex.key, "cached").inc(ex.cached_tokens)
+            m.cached_tokens.inc(ex.cached_tokens)
     if cost:
-        metrics.spend.labels(ex.key, ex.model, provider).inc(cost)
-    if access.isEnabledFor(logging.INFO):
+        m.spend.inc(cost)
+    if access_log.enabled:
         line = {
             "ts": round(time.time(), 3), "request_id": ex.request_id, "key": ex.key,
             "endpoint": ex.endpoint, "stream": ex.stream, "model": ex.model, "provider": ex.provider or None,
@@ -125,4 +125,4 @@ def record(metrics: Metrics, ex: Exchange) -> None:
         }
         if ex.prompt is not None:
             line["prompt"] = ex.prompt
-        access.info(orjson.dumps(line).decode())
+        access_log.write(line)

@@ -8,6 +8,7 @@ by its configured name, a model the config does not know is counted as `unknown`
 from __future__ import annotations
 
 import os
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import generate_latest
@@ -21,6 +22,16 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class RequestSeries(NamedTuple):
+    requests: Any
+    duration: Any
+    overhead: Any
+    prompt_tokens: Any
+    completion_tokens: Any
+    cached_tokens: Any
+    spend: Any
 
 
 class Metrics:
@@ -148,9 +159,29 @@ class Metrics:
         )
 
         self._circuit_seen: dict[str, str] = {}
+        self._series: dict[tuple[str, str, str, str, bool, int], RequestSeries] = {}
         # Series an alert watches with increase() must exist at 0 before their first event.
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
+
+    def request_series(self, model: str, provider: str, key: str, endpoint: str, stream: bool,
+                       status: int) -> RequestSeries:
+        """The series one finished request touches, looked up once per label combination
+        (labels() per request costs a lock and a tuple per metric)."""
+        ident = (model, provider, key, endpoint, stream, status // 100)
+        series = self._series.get(ident)
+        if series is None:
+            s = "true" if stream else "false"
+            series = self._series[ident] = RequestSeries(
+                self.requests.labels(model, provider, key, endpoint, s, f"{status // 100}xx"),
+                self.request_duration.labels(model, provider, endpoint, s),
+                self.overhead.labels(endpoint, s),
+                self.tokens.labels(model, provider, key, "prompt"),
+                self.tokens.labels(model, provider, key, "completion"),
+                self.tokens.labels(model, provider, key, "cached"),
+                self.spend.labels(key, model, provider),
+            )
+        return series
 
     def set_circuit(self, target: str, state: str) -> None:
         """Circuit state as this replica last saw it; the gauge is touched only on change."""

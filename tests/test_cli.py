@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import aiohttp
+import orjson
 import pytest
 
 GOOD = """
@@ -129,3 +130,25 @@ def test_a_redis_timeout_out_of_range_is_refused_naming_the_variable(monkeypatch
     monkeypatch.setenv("ROUTER_REDIS_TIMEOUT_MS", raw)
     with pytest.raises(ValueError, match="ROUTER_REDIS_TIMEOUT_MS"):
         ServeSettings.from_env()
+
+
+@pytest.mark.parametrize(("level", "lines"), [("INFO", 3), ("WARNING", 0)])
+async def test_serve_writes_one_access_line_per_request_to_stdout(tmp_path, level: str, lines: int):
+    path = tmp_path / "routes.yaml"
+    path.write_text(GOOD)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "router", "serve", "--config", str(path),
+                                                "--port", str(port), "--log-level", level,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await get_when_up(f"http://127.0.0.1:{port}/v1/models")
+        async with aiohttp.ClientSession() as s:
+            for _ in range(3):  # no such model: answered by the proxy alone, still a logged request
+                async with s.post(f"http://127.0.0.1:{port}/v1/completions", json={"model": "nope", "prompt": "x"}) as r:
+                    assert r.status == 404
+    finally:
+        proc.terminate()
+        out, _ = await proc.communicate()
+    logged = [orjson.loads(line) for line in out.splitlines() if line.startswith(b"{")]
+    assert len(logged) == lines
+    assert all(entry["status"] == 404 and entry["error"] == "model_not_found" for entry in logged)
