@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import aiohttp
 import orjson
 import pytest
@@ -110,3 +113,35 @@ async def test_wrong_method_names_the_allowed_one(proxy):
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy.url + COMP) as r:
             assert r.status == 405 and r.headers["Allow"] == "POST"
+
+
+async def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, dict]:
+    """One HTTP/1.1 request written byte for byte (clients refuse to send non-UTF-8 headers)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    raw = await reader.read()
+    writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    return int(status_line.split()[1]), orjson.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+async def test_non_utf8_authorization_is_a_401_without_a_traceback(vendors, start_proxy, monkeypatch, caplog):
+    monkeypatch.setenv("ROUTER_TEST_TEAM_KEY", "sk-team-secret")
+    doc = {"providers": providers_for([vendors.openai]), "models": single_target_models([vendors.openai]),
+           "keys": {"team": {"key_env": "ROUTER_TEST_TEAM_KEY"}}}
+    proxy = await start_proxy(doc, vendors=[vendors.openai])
+    caplog.set_level(logging.INFO)
+    body = b'{"model": "via-openai", "prompt": "x"}'
+    for _ in range(3):
+        status, answer = await raw_request(
+            proxy.url, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Authorization: Bearer sk-\xff\xfe\xc3(\r\n", body)
+        assert (status, answer["error"]["type"], answer["error"]["code"]) == (
+            401, "authentication_error", "invalid_api_key"), answer
+    status, _ = await raw_request(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: \xc0\xaf\r\n")
+    assert status == 401
+    records = [r for r in caplog.records if r.name.startswith("router")]
+    assert not [r for r in records if r.levelno >= logging.WARNING or r.exc_info], caplog.text
+    assert len(records) <= 3, "at most the access log line per request"
+    assert not vendors.openai.control.requests
