@@ -7,7 +7,7 @@ import time
 import orjson
 from aiohttp import web
 
-from router.candidates import plan, target_ids
+from router.candidates import check_output_ceiling, plan, target_ids
 from router.errors import RouterError
 from router.exchange import EXCHANGE
 from router.keys import ClientKey
@@ -53,8 +53,9 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     if names[0] in table.groups:
         ex.model = names[0]
     ids = target_ids(table, names)
+    check_output_ceiling(table, names, norm)
     group = table.groups[names[0]]
-    tokens = norm.prompt_tokens + (norm.max_tokens or 0)
+    tokens = norm.reserve_tokens
     admission = Admission(key.name if key else None, key.limits if key else None, key.budget if key else None,
                           group.name, group.limits, tokens)
     proxy = request.app[PROXY]

@@ -98,6 +98,7 @@ class ModelConfig(Strict):
     deadline_s: PositiveFloat | None = None
     max_attempts: PositiveInt | None = None
     retry: Retry | None = None
+    max_output_tokens: PositiveInt | None = None     # ceiling on a request's max_tokens; else settings'
 
 
 class Settings(Strict):
@@ -106,6 +107,7 @@ class Settings(Strict):
     retry: Retry = Retry()
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
     default_max_tokens: PositiveInt = 1024
+    max_output_tokens: PositiveInt = 131072      # ceiling on a request's max_tokens / max_completion_tokens
 
 
 class KeyConfig(Strict):
@@ -234,6 +236,7 @@ class ModelGroup:
     deadline_s: float
     max_attempts: int
     retry: Retry
+    max_output_tokens: int
 
 
 @dataclass(slots=True)
@@ -303,7 +306,8 @@ def parse(data: Any, source: str = "routes.yaml", environ: dict[str, str] | None
                                   t.weight, t.price, limit_spec(t.limits), p.timeout_s, p.connect_timeout_s))
         problems += strategy_problems(f"models.{mname}.strategy", m.strategy, [m])
         groups[mname] = ModelGroup(mname, tuple(targets), m.strategy, limit_spec(m.limits), m.deadline_s or s.deadline_s,
-                                   m.max_attempts or s.max_attempts, m.retry or s.retry)
+                                   m.max_attempts or s.max_attempts, m.retry or s.retry,
+                                   m.max_output_tokens or s.max_output_tokens)
     keys = None
     if cfg.keys is None:
         warnings.append("no 'keys:' section: the proxy is OPEN, anyone who can reach it may use every model")

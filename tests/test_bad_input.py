@@ -12,47 +12,79 @@ import pytest
 from tests.fixtures_proxy import providers_for, single_target_models
 
 
+CEILING = 4096          # settings.max_output_tokens of the proxy below
+SMALL_CEILING = 100     # models.small.max_output_tokens
+
+
 @pytest.fixture
 async def proxy(vendors, start_proxy):
-    doc = {"providers": providers_for(vendors), "models": single_target_models(vendors),
-           "settings": {"max_body_bytes": 2048}}
+    models = single_target_models(vendors)
+    models["small"] = {"max_output_tokens": SMALL_CEILING, "limits": {"tpm": 1000},
+                       "targets": [{"provider": "openai", "model": "m-1"}]}
+    doc = {"providers": providers_for(vendors), "models": models,
+           "settings": {"max_body_bytes": 2048, "max_output_tokens": CEILING}}
     return await start_proxy(doc, vendors=vendors)
 
 
 CHAT = "/v1/chat/completions"
 COMP = "/v1/completions"
+P = b'"model": "via-openai", "prompt": "x"'
+M = b'"model": "via-openai", "messages": [{"role": "user", "content": "x"}]'
+# The README's "Bad input" table is this table: test_readme_bad_input_table_matches_the_tests
+# checks each row there against a case here (its first column), and the other way round.
 CASES = [
-    # (path, raw body, status, param, message fragment)
-    (COMP, b"{not json", 400, None, "not valid JSON"),
-    (COMP, b"", 400, None, "empty"),
-    (COMP, b"[1, 2]", 400, None, "JSON object"),
-    (COMP, b'{"prompt": "x"}', 400, "model", "Missing required parameter: 'model'"),
-    (COMP, b'{"model": "via-openai"}', 400, "prompt", "Missing required parameter: 'prompt'"),
-    (CHAT, b'{"model": "via-openai"}', 400, "messages", "Missing required parameter: 'messages'"),
-    (CHAT, b'{"model": "via-openai", "messages": []}', 400, "messages", "non-empty list"),
-    (CHAT, b'{"model": "via-openai", "messages": [{"role": "robot", "content": "x"}]}', 400,
-     "messages[0].role", "robot"),
-    (COMP, b'{"model": 7, "prompt": "x"}', 400, "model", "valid string"),
-    (COMP, b'{"model": "via-openai", "prompt": {"a": 1}}', 400, "prompt", "Invalid type for 'prompt'"),
-    (COMP, b'{"model": "via-openai", "prompt": "x", "temperature": 3}', 400, "temperature", "less than or equal to 2"),
-    (COMP, b'{"model": "via-openai", "prompt": "x", "temperature": "hot"}', 400, "temperature", "valid number"),
-    (COMP, b'{"model": "via-openai", "prompt": "x", "top_p": 1.5}', 400, "top_p", "less than or equal to 1"),
-    (COMP, b'{"model": "via-openai", "prompt": "x", "max_tokens": 0}', 400, "max_tokens", "greater than or equal to 1"),
-    (COMP, b'{"model": "via-openai", "prompt": "x", "max_tokens": "10"}', 400, "max_tokens", "valid integer"),
-    (COMP, b'{"model": "via-openai", "prompt": "x", "stream": "yes"}', 400, "stream", "valid boolean"),
-    (COMP, b'{"model": "via-openai", "prompt": "x", "n": 0}', 400, "n", "greater than or equal to 1"),
-    (COMP, b'{"model": "via-openai", "prompt": "x", "presence_penalty": -3}', 400, "presence_penalty", "-2"),
-    (COMP, b'{"model": "via-openai", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}', 400, "stop", None),
-    (COMP, b'{"model": "via-openai", "prompt": "x", "stream_options": {"include_usage": true}}', 400,
-     "stream_options", "only allowed when 'stream' is true"),
-    (COMP, b'{"model": "no-such-model", "prompt": "x"}', 404, "model", "does not exist"),
-    (COMP, b'{"model": "via-openai", "models": ["nope"], "prompt": "x"}', 404, "models", "'nope' does not exist"),
-    (COMP, orjson.dumps({"model": "via-openai", "prompt": "x" * 4096}), 413, None, "larger than"),
+    # (what, path, raw body, status, code, param, message fragment)
+    ("body not JSON", COMP, b"{not json", 400, None, None, "not valid JSON"),
+    ("empty body", COMP, b"", 400, None, None, "empty"),
+    ("body not a JSON object", COMP, b"[1, 2]", 400, None, None, "JSON object"),
+    ("invalid UTF-8 in the body", COMP, b'{' + P + b', "user": "\xff"}', 400, None, None, "not valid JSON"),
+    ("a number too large for a double", COMP, b'{' + P + b', "seed": 1e400}', 400, None, None, "not valid JSON"),
+    ("no `model`", COMP, b'{"prompt": "x"}', 400, None, "model", "Missing required parameter: 'model'"),
+    ("no `prompt`", COMP, b'{"model": "via-openai"}', 400, None, "prompt", "Missing required parameter: 'prompt'"),
+    ("no `messages`", CHAT, b'{"model": "via-openai"}', 400, None, "messages",
+     "Missing required parameter: 'messages'"),
+    ("empty `messages`", CHAT, b'{"model": "via-openai", "messages": []}', 400, None, "messages", "non-empty list"),
+    ("unknown message role", CHAT, b'{"model": "via-openai", "messages": [{"role": "robot", "content": "x"}]}',
+     400, None, "messages[0].role", "robot"),
+    ("`model` not a string", COMP, b'{"model": 7, "prompt": "x"}', 400, None, "model", "valid string"),
+    ("`prompt` of the wrong type", COMP, b'{"model": "via-openai", "prompt": {"a": 1}}', 400, None, "prompt",
+     "Invalid type for 'prompt'"),
+    ("`temperature` out of range", COMP, b'{' + P + b', "temperature": 3}', 400, None, "temperature",
+     "less than or equal to 2"),
+    ("`temperature` a string", COMP, b'{' + P + b', "temperature": "hot"}', 400, None, "temperature", "valid number"),
+    ("`top_p` out of range", COMP, b'{' + P + b', "top_p": 1.5}', 400, None, "top_p", "less than or equal to 1"),
+    ("`max_tokens` below 1", COMP, b'{' + P + b', "max_tokens": 0}', 400, None, "max_tokens",
+     "greater than or equal to 1"),
+    ("`max_tokens` a string", COMP, b'{' + P + b', "max_tokens": "10"}', 400, None, "max_tokens", "valid integer"),
+    ("`max_tokens` not a 64-bit integer", COMP, b'{' + P + b', "max_tokens": 100000000000000000000000}', 400, None,
+     "max_tokens", "valid integer"),
+    ("`max_tokens` above settings.max_output_tokens", COMP, b'{' + P + b', "max_tokens": 1000000000000}', 400,
+     "integer_above_max_value", "max_tokens", f"above the {CEILING} tokens"),
+    ("`max_completion_tokens` above settings.max_output_tokens", CHAT, b'{' + M + b', "max_completion_tokens": 4097}',
+     400, "integer_above_max_value", "max_completion_tokens", "lower 'max_completion_tokens'"),
+    ("`max_tokens` above the model's max_output_tokens", COMP, b'{"model": "small", "prompt": "x", "max_tokens": 101}',
+     400, "integer_above_max_value", "max_tokens", f"{SMALL_CEILING} tokens the model 'small'"),
+    ("`stream` not a boolean", COMP, b'{' + P + b', "stream": "yes"}', 400, None, "stream", "valid boolean"),
+    ("`n` below 1", COMP, b'{' + P + b', "n": 0}', 400, None, "n", "greater than or equal to 1"),
+    ("`presence_penalty` out of range", COMP, b'{' + P + b', "presence_penalty": -3}', 400, None, "presence_penalty",
+     "-2"),
+    ("more than 4 `stop` sequences", COMP, b'{' + P + b', "stop": ["a", "b", "c", "d", "e"]}', 400, None, "stop",
+     None),
+    ("`stream_options` without `stream`", COMP, b'{' + P + b', "stream_options": {"include_usage": true}}', 400,
+     None, "stream_options", "only allowed when 'stream' is true"),
+    ("unknown `model`", COMP, b'{"model": "no-such-model", "prompt": "x"}', 404, "model_not_found", "model",
+     "does not exist"),
+    ("unknown name in `models`", COMP, b'{' + P + b', "models": ["nope"]}', 404, "model_not_found", "models",
+     "'nope' does not exist"),
+    ("body over settings.max_body_bytes", COMP, orjson.dumps({"model": "via-openai", "prompt": "x" * 4096}), 413,
+     "request_too_large", None, "larger than"),
 ]
 
 
-@pytest.mark.parametrize(("path", "raw", "status", "param", "fragment"), CASES)
-async def test_bad_request_gets_openai_error_with_param(path, raw, status, param, fragment, proxy, vendors):
+@pytest.mark.parametrize(("what", "path", "raw", "status", "code", "param", "fragment"), CASES,
+                         ids=[c[0] for c in CASES])
+async def test_bad_request_gets_openai_error_with_param(what, path, raw, status, code, param, fragment, proxy,
+                                                        vendors):
     async with aiohttp.ClientSession() as s:
         async with s.post(proxy.url + path, data=raw, headers={"Content-Type": "application/json"}) as r:
             body = await r.json()
@@ -61,10 +93,22 @@ async def test_bad_request_gets_openai_error_with_param(path, raw, status, param
             assert r.headers["x-router-attempts"] == "0"
     err = body["error"]
     assert set(err) == {"message", "type", "param", "code"}
-    assert err["param"] == param
+    assert (err["param"], err["code"]) == (param, code)
     if fragment:
         assert fragment in err["message"]
     assert all(not v.control.requests for v in vendors), "a bad request must not reach a vendor"
+
+
+async def test_output_ceiling_is_checked_before_anything_is_reserved(proxy, vendors):
+    """`small` has tpm 1000: were 10**12 tokens reserved first, the answer would be a 429."""
+    async with aiohttp.ClientSession() as s:
+        for _ in range(3):
+            async with s.post(proxy.url + COMP, json={"model": "small", "prompt": "x", "max_tokens": 10**12}) as r:
+                assert r.status == 400 and (await r.json())["error"]["param"] == "max_tokens"
+        async with s.post(proxy.url + COMP, json={"model": "small", "prompt": "x", "max_tokens": SMALL_CEILING}) as r:
+            assert r.status == 200, await r.text()
+            # only this request's estimate (1 prompt token + 100) was taken from the window
+            assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 1 - SMALL_CEILING)
 
 
 @pytest.mark.parametrize(("method", "path", "status", "code"), [
@@ -87,7 +131,7 @@ async def test_models_lists_public_names_in_openai_list_shape(proxy, vendors):
         async with s.get(proxy.url + "/v1/models") as r:
             body = await r.json()
     assert body["object"] == "list"
-    assert sorted(m["id"] for m in body["data"]) == sorted(f"via-{v.kind}" for v in vendors)
+    assert sorted(m["id"] for m in body["data"]) == sorted([f"via-{v.kind}" for v in vendors] + ["small"])
     assert all(m["object"] == "model" for m in body["data"])
 
 
