@@ -27,7 +27,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 METRICS = web.AppKey("metrics", Metrics)
 
 _HTTP_MESSAGES = {
-    404: "Unknown path {path}; this proxy serves POST /v1/completions, POST /v1/chat/completions and GET /v1/models.",
+    404: "Unknown path {path}; this proxy serves POST /v1/completions, POST /v1/chat/completions and GET /v1/models"
+         " (GET /openapi.json describes them).",
     405: "Method {method} is not allowed on {path}.",
     413: "The request body is larger than this proxy accepts.",
 }

@@ -7,6 +7,7 @@ import time
 import orjson
 from aiohttp import web
 
+from router import openapi
 from router.candidates import check_output_ceiling, plan, target_ids
 from router.errors import RouterError
 from router.exchange import EXCHANGE
@@ -121,6 +122,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    spec = openapi.encoded()   # once: it depends on the wire models, not on a request or the table
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.Response(body=spec, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)

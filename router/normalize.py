@@ -62,6 +62,7 @@ def normalize(endpoint: str, raw: bytes, default_max_tokens: int | None = None) 
         raise bad_request("Missing required parameter: 'model'.", param="model")
 
     body.pop("models", None)
+    _integers_as_validated(body, req)
     stream = bool(req.stream)
     if not stream and req.stream_options is not None:
         raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
@@ -79,6 +80,16 @@ def normalize(endpoint: str, raw: bytes, default_max_tokens: int | None = None) 
     max_tokens = max_tokens or default_max_tokens
     return Normalized(endpoint, body, names, stream, include_usage, max_tokens, prompt_tokens, choices,
                       tuple((field, value) for field, value in asked if value is not None))
+
+
+def _integers_as_validated(body: dict[str, Any], req: CompletionRequest | ChatRequest) -> None:
+    """A float the models took as an integer (2.0) goes upstream as one: vendors may refuse 2.0."""
+    for name in _INT_FIELDS:
+        if isinstance(body.get(name), float):
+            body[name] = getattr(req, name)
+    if isinstance(req, CompletionRequest) and isinstance(req.prompt, list) and req.prompt and not isinstance(
+            req.prompt[0], str):
+        body["prompt"] = req.prompt
 
 
 def _estimate_prompt(prompt: Any) -> int:
@@ -148,6 +159,7 @@ def _validation_error(exc: ValidationError, endpoint: str):
     return bad_request(f"Invalid value for '{param}': {err['msg'].rstrip('.')} (got {shown}).", param=param)
 
 
+_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "best_of", "logprobs", "top_logprobs", "seed")
 _FIELD_NAMES = set(CompletionRequest.model_fields) | set(ChatRequest.model_fields) | {"role", "content", "include_usage"}
 
 
