@@ -41,7 +41,7 @@ def routes(vendor, model_limits: dict, keys: dict | None = None) -> dict:
 
 
 async def start_replicas(tmp_path: Path, doc: dict, redis_url: str, vendor, count: int = 3,
-                         extra_env: dict | None = None):
+                         extra_env: dict | None = None, ready: str = "/readyz"):
     path = tmp_path / "routes.yaml"
     path.write_text(yaml.safe_dump(doc))
     env = {**os.environ, "REDIS_URL": redis_url, key_env(vendor.kind): vendor.api_key, **(extra_env or {})}
@@ -56,7 +56,7 @@ async def start_replicas(tmp_path: Path, doc: dict, redis_url: str, vendor, coun
         for url in urls:
             for _ in range(150):
                 try:
-                    async with s.get(url + "/readyz") as r:
+                    async with s.get(url + ready) as r:
                         if r.status == 200:
                             break
                 except aiohttp.ClientConnectionError:
