@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -111,18 +112,22 @@ async def test_output_ceiling_is_checked_before_anything_is_reserved(proxy, vend
             assert r.headers["x-ratelimit-remaining-tokens"] == str(1000 - 1 - SMALL_CEILING)
 
 
-@pytest.mark.parametrize(("method", "path", "status", "code"), [
-    ("GET", "/v1/nothing", 404, "not_found"),
-    ("POST", "/v2/completions", 404, "not_found"),
-    ("GET", COMP, 405, "method_not_allowed"),
-    ("PUT", CHAT, 405, "method_not_allowed"),
-])
-async def test_unknown_path_and_wrong_method_are_openai_errors(method, path, status, code, proxy):
+HTTP_CASES = [
+    # (what, method, path, status, code)
+    ("unknown path", "GET", "/v1/nothing", 404, "not_found"),
+    ("unknown API version", "POST", "/v2/completions", 404, "not_found"),
+    ("GET on a POST endpoint", "GET", COMP, 405, "method_not_allowed"),
+    ("PUT on a POST endpoint", "PUT", CHAT, 405, "method_not_allowed"),
+]
+
+
+@pytest.mark.parametrize(("what", "method", "path", "status", "code"), HTTP_CASES, ids=[c[0] for c in HTTP_CASES])
+async def test_unknown_path_and_wrong_method_are_openai_errors(what, method, path, status, code, proxy):
     async with aiohttp.ClientSession() as s:
         async with s.request(method, proxy.url + path) as r:
             assert r.status == status
             body = await r.json()
-            assert body["error"]["code"] == code and body["error"]["message"]
+            assert body["error"]["code"] == code and body["error"]["message"] and body["error"]["param"] is None
             assert r.headers["x-request-id"]
 
 
@@ -143,14 +148,17 @@ async def test_health_and_readiness(proxy):
             assert r.status == 200 and (await r.json())["status"] == "ready"
 
 
+CHUNKED_ROW = ("chunked body over settings.max_body_bytes", 413, "request_too_large", None)
+
+
 async def test_chunked_body_over_the_limit_is_refused_without_reading_it_all(proxy):
     async def body():
         for _ in range(1000):
             yield b"x" * 1024   # 1 MB in chunks, no Content-Length; the limit is 2048 bytes
     async with aiohttp.ClientSession() as s:
         async with s.post(proxy.url + COMP, data=body(), headers={"Content-Type": "application/json"}) as r:
-            assert r.status == 413
-            assert (await r.json())["error"]["code"] == "request_too_large"
+            err = (await r.json())["error"]
+            assert (r.status, err["code"], err["param"]) == CHUNKED_ROW[1:]
 
 
 async def test_wrong_method_names_the_allowed_one(proxy):
@@ -170,6 +178,9 @@ async def raw_request(url: str, head: bytes, body: bytes = b"") -> tuple[int, di
     return int(status_line.split()[1]), orjson.loads(rest.partition(b"\r\n\r\n")[2])
 
 
+AUTH_ROW = ("non-UTF-8 bytes in `Authorization` (keys on)", 401, "invalid_api_key", None)
+
+
 async def test_non_utf8_authorization_is_a_401_without_a_traceback(vendors, start_proxy, monkeypatch, caplog):
     monkeypatch.setenv("ROUTER_TEST_TEAM_KEY", "sk-team-secret")
     doc = {"providers": providers_for([vendors.openai]), "models": single_target_models([vendors.openai]),
@@ -181,11 +192,37 @@ async def test_non_utf8_authorization_is_a_401_without_a_traceback(vendors, star
         status, answer = await raw_request(
             proxy.url, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                        b"Authorization: Bearer sk-\xff\xfe\xc3(\r\n", body)
-        assert (status, answer["error"]["type"], answer["error"]["code"]) == (
-            401, "authentication_error", "invalid_api_key"), answer
+        err = answer["error"]
+        assert err["type"] == "authentication_error" and (status, err["code"], err["param"]) == AUTH_ROW[1:], answer
     status, _ = await raw_request(proxy.url, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: \xc0\xaf\r\n")
     assert status == 401
     records = [r for r in caplog.records if r.name.startswith("router")]
     assert not [r for r in records if r.levelno >= logging.WARNING or r.exc_info], caplog.text
     assert len(records) <= 3, "at most the access log line per request"
     assert not vendors.openai.control.requests
+
+
+def readme_rows() -> list[tuple[str, int, str | None, str | None]]:
+    """The rows of the README's "Bad input" table: (what, status, code, param)."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("\n## Bad input\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[1].isdigit():
+            continue
+        none = lambda c: None if c == "—" else c.strip("`")  # noqa: E731
+        rows.append((cells[0], int(cells[1]), none(cells[2]), none(cells[3])))
+    return rows
+
+
+def rows_under_test() -> list[tuple[str, int, str | None, str | None]]:
+    return ([(what, status, code, param) for what, _, _, status, code, param, _ in CASES]
+            + [(what, status, code, None) for what, _, _, status, code in HTTP_CASES] + [CHUNKED_ROW, AUTH_ROW])
+
+
+def test_readme_bad_input_table_matches_the_tests():
+    readme, tested = readme_rows(), rows_under_test()
+    assert len(readme) == len(set(readme)), "a row twice in the README"
+    assert sorted(set(tested) - set(readme)) == [], "tested here but missing from the README's Bad input table"
+    assert sorted(set(readme) - set(tested)) == [], "in the README's Bad input table but tested nowhere here"
