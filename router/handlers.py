@@ -9,7 +9,7 @@ from aiohttp import web
 
 from router import openapi
 from router.candidates import check_output_ceiling, plan, target_ids
-from router.errors import RouterError
+from router.errors import RouterError, model_not_found
 from router.exchange import EXCHANGE
 from router.keys import ClientKey
 from router.limits import Admission
@@ -96,13 +96,26 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await _generate(request, Endpoint.CHAT)
 
 
+def _model(name: str) -> dict[str, object]:
+    return {"id": name, "object": "model", "created": STARTED, "owned_by": "router"}
+
+
 async def models(request: web.Request) -> web.Response:
     """The public models; with keys on, only those the caller's key may use."""
     table = request.app[ROUTES].table
     key = _authenticate(request, table)
-    data = [{"id": name, "object": "model", "created": STARTED, "owned_by": "router"}
-            for name in table.groups if key is None or key.allows(name)]
+    data = [_model(name) for name in table.groups if key is None or key.allows(name)]
     return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+async def model(request: web.Request) -> web.Response:
+    """One public model; one the caller's key may not use does not exist for it."""
+    table = request.app[ROUTES].table
+    key = _authenticate(request, table)
+    name = request.match_info["id"]
+    if name not in table.groups or (key is not None and not key.allows(name)):
+        raise model_not_found(name)
+    return web.Response(body=orjson.dumps(_model(name)), content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -131,5 +144,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{id:.+}", model)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

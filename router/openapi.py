@@ -105,6 +105,12 @@ def document() -> dict[str, Any]:
                                    "responses": {"200": {"description": "The models.", "content": {
                                        "application/json": {"schema": {"$ref": _REF.format(model="ModelList")}}}},
                                        **_errors("401")}}},
+            "/v1/models/{id}": {"get": {
+                "summary": "One public model (one the caller's key may not use is not found)",
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The model.", "content": {
+                    "application/json": {"schema": {"$ref": _REF.format(model="Model")}}}},
+                    **_errors("401", "404")}}},
         },
         "components": {"schemas": schemas},
     }

@@ -140,6 +140,18 @@ async def test_models_lists_public_names_in_openai_list_shape(proxy, vendors):
     assert all(m["object"] == "model" for m in body["data"])
 
 
+async def test_model_by_id_is_its_list_entry_or_an_openai_404(proxy):
+    client = proxy.client()
+    listed = {m.id: m for m in (await client.models.list()).data}
+    one = await client.models.retrieve("via-openai")
+    assert one == listed["via-openai"]
+    async with aiohttp.ClientSession() as s:
+        async with s.get(proxy.url + "/v1/models/no/such-model") as r:
+            err = (await r.json())["error"]
+            assert (r.status, err["code"], err["param"]) == (404, "model_not_found", "model")
+            assert "no/such-model" in err["message"]
+
+
 async def test_health_and_readiness(proxy):
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy.url + "/healthz") as r:

@@ -109,6 +109,17 @@ async def test_models_list_shows_only_what_the_key_may_use(proxy):
     assert anonymous == (401, "authentication_error")
 
 
+async def test_model_by_id_is_found_only_when_the_key_may_use_it(proxy):
+    team = {"Authorization": f"Bearer {TEAM_SECRET}"}
+    async with aiohttp.ClientSession() as s:
+        async with s.get(proxy.url + "/v1/models/llama-8b", headers=team) as r:
+            assert (r.status, (await r.json())["id"]) == (200, "llama-8b")
+        async with s.get(proxy.url + "/v1/models/secret-model", headers=team) as r:
+            assert (r.status, (await r.json())["error"]["code"]) == (404, "model_not_found")
+        async with s.get(proxy.url + "/v1/models/llama-8b") as r:
+            assert r.status == 401
+
+
 async def test_without_a_keys_section_the_proxy_is_open_and_says_so(vendors, start_proxy, caplog):
     caplog.set_level(logging.WARNING)
     proxy = await start_proxy(doc(vendors, None), vendors=vendors)
