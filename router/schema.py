@@ -20,13 +20,11 @@ def _integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**63 else value
 
 
-def Int(ge: int = -(2**63), le: int = 2**63 - 1) -> Any:
-    """A 64-bit integer, as a vendor reads one (a JSON parser turns bigger ones into floats)."""
-    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral)]
-
-
-Int64 = Int()
-Count = Int(ge=1)
+Integral = BeforeValidator(_integral)
+# 64-bit integers, as a vendor reads them (a JSON parser turns bigger ones into floats).
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), Integral]
+Count = Annotated[int, Field(ge=1, le=2**63 - 1), Integral]
+Choices = Annotated[int, Field(ge=1, le=128), Integral]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 Stop = str | Annotated[list[str], Field(max_length=4)]
 
@@ -59,7 +57,7 @@ class _Common(Wire):
     max_tokens: Count | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
-    n: Int(1, 128) | None = None
+    n: Choices | None = None
     stop: Stop | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
@@ -73,9 +71,9 @@ TokenIds = list[Int64]
 
 class CompletionRequest(_Common):
     prompt: str | list[str] | TokenIds | list[TokenIds]
-    logprobs: Int(0, 5) | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5), Integral] | None = None
     echo: bool | None = None
-    best_of: Int(1, 128) | None = None
+    best_of: Choices | None = None
     suffix: str | None = None
 
 
@@ -88,7 +86,7 @@ class ChatRequest(_Common):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Count | None = None
     logprobs: bool | None = None
-    top_logprobs: Int(0, 20) | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20), Integral] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None

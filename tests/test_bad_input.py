@@ -140,6 +140,16 @@ async def test_models_lists_public_names_in_openai_list_shape(proxy, vendors):
     assert all(m["object"] == "model" for m in body["data"])
 
 
+async def test_integral_float_is_taken_as_its_integer_and_sent_on_as_one(proxy, vendors):
+    raw = b'{"model": "via-openai", "prompt": [[1.0, 2]], "max_tokens": 5.0, "n": 2.0, "seed": -3.0}'
+    async with aiohttp.ClientSession() as s:
+        async with s.post(proxy.url + COMP, data=raw, headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 200, await r.text()
+    sent = vendors.openai.control.requests[0].body
+    assert (sent["max_tokens"], sent["n"], sent["seed"], sent["prompt"]) == (5, 2, -3, [[1, 2]])
+    assert all(type(v) is int for v in (sent["max_tokens"], sent["n"], sent["seed"], *sent["prompt"][0]))
+
+
 async def test_model_by_id_is_its_list_entry_or_an_openai_404(proxy):
     client = proxy.client()
     listed = {m.id: m for m in (await client.models.list()).data}
