@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.config import JsonDict
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
@@ -39,7 +40,7 @@ class StreamOptions(Wire):
 
 # What normalize() demands besides the fields' own types, for the OpenAPI document: a model
 # name, in `model` or `models`; `stream_options` only with `stream: true`.
-_RULES = {"allOf": [
+_RULES: JsonDict = {"allOf": [
     {"anyOf": [{"required": ["model"], "properties": {"model": {"type": "string"}}},
                {"required": ["models"], "properties": {"models": {"type": "array", "minItems": 1}}}]},
     {"anyOf": [{"required": ["stream"], "properties": {"stream": {"const": True}}},
