@@ -179,11 +179,17 @@ async def test_soak_mixed_load_with_faults_and_a_redis_restart(tmp_path, vendors
                     injected[kind(step)] += 1
             await asyncio.sleep(0.05)
 
-    async def redis_up() -> float:
+    async def until_redis_up_is(wanted: float, timeout: float = 15.0) -> float:
+        """router_redis_up once it reads `wanted` (or whatever it reads at the timeout)."""
+        deadline = time.monotonic() + timeout
         async with aiohttp.ClientSession() as s:
-            async with s.get(url + "/metrics") as r:
-                text = await r.text()
-        return float(next(line.split()[1] for line in text.splitlines() if line.startswith("router_redis_up ")))
+            while True:
+                async with s.get(url + "/metrics") as r:
+                    text = await r.text()
+                value = float(next(ln.split()[1] for ln in text.splitlines() if ln.startswith("router_redis_up ")))
+                if value == wanted or time.monotonic() > deadline:
+                    return value
+                await asyncio.sleep(0.1)
 
     try:
         stop_at = time.monotonic() + 3           # warm-up: pools, caches and imports settle
@@ -197,11 +203,11 @@ async def test_soak_mixed_load_with_faults_and_a_redis_restart(tmp_path, vendors
         load = asyncio.gather(*(worker(100 + i) for i in range(WORKERS)), faults())
         await asyncio.sleep(SECONDS * 0.4)
         await asyncio.to_thread(redis.stop)
+        down = await until_redis_up_is(0)
         await asyncio.sleep(1.0)
-        down = await redis_up()
         await asyncio.to_thread(redis.start)
         await load
-        up = await redis_up()
+        up = await until_redis_up_is(1)
         for v in (vendors.openai, vendors.cogito):
             v.control.clear()
         await asyncio.sleep(TIMEOUT_S * 2 + 1)    # abandoned attempts and settles finish
