@@ -41,7 +41,8 @@ def routes(vendor, model_limits: dict, keys: dict | None = None) -> dict:
 
 
 async def start_replicas(tmp_path: Path, doc: dict, redis_url: str, vendor, count: int = 3,
-                         extra_env: dict | None = None, ready: str = "/readyz", stderr=asyncio.subprocess.DEVNULL):
+                         extra_env: dict | None = None, ready: str = "/readyz", log_level: str = "WARNING",
+                         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL):
     path = tmp_path / "routes.yaml"
     path.write_text(yaml.safe_dump(doc))
     env = {**os.environ, "REDIS_URL": redis_url, key_env(vendor.kind): vendor.api_key, **(extra_env or {})}
@@ -50,7 +51,7 @@ async def start_replicas(tmp_path: Path, doc: dict, redis_url: str, vendor, coun
         port = free_port()
         procs.append(await asyncio.create_subprocess_exec(
             sys.executable, "-m", "router", "serve", "--config", str(path), "--port", str(port),
-            "--log-level", "WARNING", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=stderr))
+            "--log-level", log_level, env=env, stdout=stdout, stderr=stderr))
         urls.append(f"http://127.0.0.1:{port}")
     async with aiohttp.ClientSession() as s:
         for url in urls:

@@ -4,7 +4,7 @@ they have and Redis is restarted once.
 
 What must hold, request by request: exactly one answer, carrying its own x-request-id; a
 well-formed one (JSON in OpenAI's shape, or a stream whose every event is JSON and that ends
-with exactly one `[DONE]`); no 5xx of the proxy's own making (every 5xx is an upstream_error,
+with exactly one `[DONE]`), and one access-log line; no 5xx of the proxy's own making (every 5xx is an upstream_error,
 an answer to an upstream fault); no traceback in the proxy's log. And for the process: open
 file descriptors end within FD_MARGIN of where they were after warm-up, resident memory
 within RSS_MARGIN_MB.
@@ -148,8 +148,10 @@ def rss_mb(pid: int) -> float:
 async def test_soak_mixed_load_with_faults_and_a_redis_restart(tmp_path, vendors, redis_server_factory):
     redis = redis_server_factory()
     log = open(tmp_path / "proxy.stderr", "wb")
+    access = open(tmp_path / "proxy.access", "wb")
     procs, urls = await start_replicas(tmp_path, routes_doc(vendors), redis.url, vendors.openai, count=1,
-                                       extra_env={key_env("cogito"): vendors.cogito.api_key}, stderr=log)
+                                       extra_env={key_env("cogito"): vendors.cogito.api_key},
+                                       log_level="INFO", stdout=access, stderr=log)
     pid, url = procs[0].pid, urls[0]
     rng = random.Random(int(os.environ.get("ROUTER_SOAK_SEED", "9")))
     outcomes: list[Outcome] = []
@@ -215,6 +217,7 @@ async def test_soak_mixed_load_with_faults_and_a_redis_restart(tmp_path, vendors
     finally:
         await stop(procs)
         log.close()
+        access.close()
 
     assert phase == "soak"
     assert (down, up) == (0, 1), "the proxy saw Redis go away and come back"
@@ -223,6 +226,8 @@ async def test_soak_mixed_load_with_faults_and_a_redis_restart(tmp_path, vendors
     assert len(outcomes) == sent, "every request got exactly one answer"
     assert len({o.sent_id for o in outcomes}) == sent
     assert [o for o in outcomes if o.got_id != o.sent_id] == [], "an answer carried another request's id"
+    logged = Counter(orjson.loads(line)["request_id"] for line in (tmp_path / "proxy.access").read_bytes().splitlines())
+    assert [o.sent_id for o in outcomes if logged[o.sent_id] != 1] == [], "each request served (and logged) once"
     problems = [f"{o.status}: {o.problem}" for o in outcomes if o.problem]
     assert problems == [], "\n".join(problems[:20])
     assert 500 not in statuses, statuses
