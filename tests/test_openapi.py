@@ -61,6 +61,7 @@ async def test_schemathesis_finds_no_5xx_and_no_response_outside_the_document(pr
     proc = await asyncio.create_subprocess_exec(
         str(st), "run", proxy.url + "/openapi.json", "--max-examples", str(EXAMPLES), "--seed", SEED,
         "--checks", "all", "--request-timeout", "20", "--workers", "1", "--no-color",
+        "--suppress-health-check", "too_slow",   # a loaded CI machine is slow, not wrong
         cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
