@@ -100,6 +100,23 @@ async def test_bad_request_gets_openai_error_with_param(what, path, raw, status,
     assert all(not v.control.requests for v in vendors), "a bad request must not reach a vendor"
 
 
+async def test_server_stays_healthy_through_a_burst_of_bad_input(proxy, vendors, caplog):
+    caplog.set_level(logging.WARNING, logger="router")
+    async with aiohttp.ClientSession() as s:
+        async def send(path: str, raw: bytes) -> int:
+            async with s.post(proxy.url + path, data=raw, headers={"Content-Type": "application/json"}) as r:
+                await r.read()
+                return r.status
+
+        statuses = await asyncio.gather(*(send(path, raw) for _ in range(10) for _, path, raw, *_ in CASES))
+        assert all(400 <= st < 500 for st in statuses)
+        async with s.get(proxy.url + "/healthz") as r:
+            assert r.status == 200
+        async with s.post(proxy.url + COMP, json={"model": "via-openai", "prompt": "x"}) as r:
+            assert r.status == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
 async def test_output_ceiling_is_checked_before_anything_is_reserved(proxy, vendors):
     """`small` has tpm 1000: were 10**12 tokens reserved first, the answer would be a 429."""
     async with aiohttp.ClientSession() as s:
