@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.errors import model_not_found
+from router.errors import bad_request, model_not_found
 from router.normalize import Normalized
 from router.routes import ModelGroup, RouteTable, Target
 from router.strategies import STRATEGIES, HealthMap, usable
@@ -31,6 +31,17 @@ def groups(table: RouteTable, names: list[str]) -> list[ModelGroup]:
 def target_ids(table: RouteTable, names: list[str]) -> list[str]:
     """Every target id the request might use: what to fetch health (and limits) for."""
     return list(dict.fromkeys(t.id for g in groups(table, names) for t in g.targets))
+
+
+def check_output_ceiling(table: RouteTable, names: list[str], norm: Normalized) -> None:
+    """400 naming the field when the client asks any of its model groups for a longer answer
+    than routes.yaml allows: checked before anything is reserved or sent."""
+    for field, value in norm.asked:
+        for group in groups(table, names):
+            if value > group.max_output_tokens:
+                raise bad_request(f"Invalid '{field}': {value} is above the {group.max_output_tokens} tokens the "
+                                  f"model '{group.name}' may answer with; lower '{field}'.",
+                                  param=field, code="integer_above_max_value")
 
 
 def plan(table: RouteTable, names: list[str], norm: Normalized | None = None,

@@ -29,7 +29,7 @@ METRICS = web.AppKey("metrics", Metrics)
 
 _HTTP_MESSAGES = {
     404: ("Unknown path {path}; this proxy serves POST /v1/completions, POST /v1/chat/completions, "
-          "GET /v1/models and GET /v1/models/{{model}}."),
+          "GET /v1/models and GET /v1/models/{{model}} (GET /openapi.json describes them)."),
     405: "Method {method} is not allowed on {path}.",
     413: "The request body is larger than this proxy accepts.",
 }

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict
 
-from router.candidates import Candidate, plan
+from router.candidates import Candidate, check_output_ceiling, plan
 from router.errors import RouterError
 from router.keys import ClientKey
 from router.normalize import Normalized, normalize
@@ -51,6 +51,7 @@ def _explain(table: RouteTable, body: dict[str, Any], key_name: str | None, endp
     if headers:
         lines.append("headers:  " + ", ".join(f"{k}: {v}" for k, v in headers.items()))
     decision = table.rules.decide(norm, key_name, headers)
+    check_output_ceiling(table, decision.names, norm)
     rule = decision.rule
     if rule is None:
         how = "no rules" if not table.rules.rules else f"none of {len(table.rules.rules)} rules matched"

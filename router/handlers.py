@@ -7,7 +7,8 @@ import time
 import orjson
 from aiohttp import web
 
-from router.candidates import plan, target_ids
+from router import openapi
+from router.candidates import check_output_ceiling, plan, target_ids
 from router.drain import DRAIN
 from router.errors import RouterError, model_not_found
 from router.exchange import EXCHANGE
@@ -54,8 +55,9 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     if names[0] in table.groups:
         ex.model = names[0]
     ids = target_ids(table, names)
+    check_output_ceiling(table, names, norm)
     group = table.groups[names[0]]
-    tokens = norm.prompt_tokens + (norm.max_tokens or 0)
+    tokens = norm.reserve_tokens
     admission = Admission(key.name if key else None, key.limits if key else None, key.budget if key else None,
                           group.name, group.limits, tokens)
     proxy = request.app[PROXY]
@@ -137,6 +139,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    spec = openapi.encoded()   # once: it depends on the wire models, not on a request or the table
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.Response(body=spec, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi_json)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)

@@ -51,7 +51,9 @@ def _unknown() -> RouterError:
 
 
 def digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode("utf-8")).digest()
+    """A header's non-UTF-8 bytes arrive as surrogates: hash them too (no such key matches),
+    so a garbled key is a plain 401 and never an encoding error."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
 
 
 def bearer(authorization: str | None) -> str | None:

@@ -27,6 +27,13 @@ class Normalized:
     include_usage: bool
     max_tokens: int | None
     prompt_tokens: int
+    choices: int = 1                                 # answers per request: max(n, best_of)
+    asked: tuple[tuple[str, int], ...] = ()          # the client's own output-length fields
+
+    @property
+    def reserve_tokens(self) -> int:
+        """What limits reserve up front: the prompt, and every choice's full output."""
+        return self.prompt_tokens + (self.max_tokens or 0) * self.choices
 
 
 def normalize(endpoint: str, raw: bytes, default_max_tokens: int | None = None) -> Normalized:
@@ -55,18 +62,34 @@ def normalize(endpoint: str, raw: bytes, default_max_tokens: int | None = None) 
         raise bad_request("Missing required parameter: 'model'.", param="model")
 
     body.pop("models", None)
+    _integers_as_validated(body, req)
     stream = bool(req.stream)
     if not stream and req.stream_options is not None:
         raise bad_request("'stream_options' is only allowed when 'stream' is true.", param="stream_options")
     include_usage = bool(stream and req.stream_options and req.stream_options.include_usage)
     max_tokens = req.max_tokens
+    asked = [("max_tokens", req.max_tokens)]
+    choices = req.n or 1
     if isinstance(req, ChatRequest):
         max_tokens = req.max_completion_tokens or max_tokens
-        prompt_tokens = _estimate_messages(req)
+        asked.append(("max_completion_tokens", req.max_completion_tokens))
+        prompt_tokens = _estimate_messages(req) + _estimate_tools(req.tools, body.get("functions"))
     else:
         prompt_tokens = _estimate_prompt(req.prompt)
+        choices = max(choices, req.best_of or 1)
     max_tokens = max_tokens or default_max_tokens
-    return Normalized(endpoint, body, names, stream, include_usage, max_tokens, prompt_tokens)
+    return Normalized(endpoint, body, names, stream, include_usage, max_tokens, prompt_tokens, choices,
+                      tuple((field, value) for field, value in asked if value is not None))
+
+
+def _integers_as_validated(body: dict[str, Any], req: CompletionRequest | ChatRequest) -> None:
+    """A float the models took as an integer (2.0) goes upstream as one: vendors may refuse 2.0."""
+    for name in _INT_FIELDS:
+        if isinstance(body.get(name), float):
+            body[name] = getattr(req, name)
+    if isinstance(req, CompletionRequest) and isinstance(req.prompt, list) and req.prompt and not isinstance(
+            req.prompt[0], str):
+        body["prompt"] = req.prompt
 
 
 def _estimate_prompt(prompt: Any) -> int:
@@ -84,6 +107,12 @@ def _estimate_prompt(prompt: Any) -> int:
     return total
 
 
+# An image costs what OpenAI charges for it without its size known: 85 tokens at low detail,
+# a 1024x1024 picture's 765 otherwise.
+IMAGE_TOKENS_LOW = 85
+IMAGE_TOKENS = 765
+
+
 def _estimate_messages(req: ChatRequest) -> int:
     total = 0
     for m in req.messages:
@@ -91,8 +120,24 @@ def _estimate_messages(req: ChatRequest) -> int:
         if isinstance(content, str):
             total += len(content) // 4 + 4
         elif isinstance(content, list):
-            total += sum(len(p.get("text", "")) // 4 for p in content if isinstance(p.get("text"), str)) + 4
+            total += sum(_estimate_part(p) for p in content) + 4
     return total
+
+
+def _estimate_part(part: dict[str, Any]) -> int:
+    text = part.get("text")
+    if isinstance(text, str):
+        return len(text) // 4
+    if part.get("type") == "image_url":
+        image = part.get("image_url")
+        low = isinstance(image, dict) and image.get("detail") == "low"
+        return IMAGE_TOKENS_LOW if low else IMAGE_TOKENS
+    return 0
+
+
+def _estimate_tools(*definitions: Any) -> int:
+    """Tool (and legacy function) definitions reach the model as prompt text."""
+    return sum(len(orjson.dumps(d)) // 4 for d in definitions if d)
 
 
 def _validation_error(exc: ValidationError, endpoint: str):
@@ -114,6 +159,7 @@ def _validation_error(exc: ValidationError, endpoint: str):
     return bad_request(f"Invalid value for '{param}': {err['msg'].rstrip('.')} (got {shown}).", param=param)
 
 
+_INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "best_of", "logprobs", "top_logprobs", "seed")
 _FIELD_NAMES = set(CompletionRequest.model_fields) | set(ChatRequest.model_fields) | {"role", "content", "include_usage"}
 
 

@@ -99,6 +99,7 @@ class ModelConfig(Strict):
     deadline_s: PositiveFloat | None = None
     max_attempts: PositiveInt | None = None
     retry: Retry | None = None
+    max_output_tokens: PositiveInt | None = None     # ceiling on a request's max_tokens; else settings'
 
 
 class Settings(Strict):
@@ -110,6 +111,7 @@ class Settings(Strict):
     # Longest upstream silence between a stream's events (or a body's reads), and longest a
     # client may leave a stream's write unread; a provider may set its own.
     stream_idle_timeout_s: PositiveFloat = 60.0
+    max_output_tokens: PositiveInt = 131072      # ceiling on a request's max_tokens / max_completion_tokens
 
 
 class KeyConfig(Strict):
@@ -239,6 +241,7 @@ class ModelGroup:
     deadline_s: float
     max_attempts: int
     retry: Retry
+    max_output_tokens: int
 
 
 @dataclass(slots=True)
@@ -312,7 +315,8 @@ def parse(data: Any, source: str = "routes.yaml", environ: dict[str, str] | None
                                   p.stream_idle_timeout_s or s.stream_idle_timeout_s))
         problems += strategy_problems(f"models.{mname}.strategy", m.strategy, [m])
         groups[mname] = ModelGroup(mname, tuple(targets), m.strategy, limit_spec(m.limits), m.deadline_s or s.deadline_s,
-                                   m.max_attempts or s.max_attempts, m.retry or s.retry)
+                                   m.max_attempts or s.max_attempts, m.retry or s.retry,
+                                   m.max_output_tokens or s.max_output_tokens)
     keys = None
     if cfg.keys is None:
         warnings.append("no 'keys:' section: the proxy is OPEN, anyone who can reach it may use every model")

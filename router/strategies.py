@@ -83,6 +83,7 @@ def estimated_cost(t: Target, norm: Normalized | None) -> float:
         return float("inf")
     prompt = norm.prompt_tokens if norm is not None else 0
     output = (norm.max_tokens if norm is not None else None) or ASSUMED_OUTPUT_TOKENS
+    output *= norm.choices if norm is not None else 1
     return (prompt * t.price.input + output * t.price.output) / 1e6
 
 

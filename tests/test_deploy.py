@@ -113,10 +113,14 @@ def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
 
 
 def test_kustomize_build() -> None:
-    """The rendered kustomization is valid too (needs kubectl; skipped without it)."""
+    """The rendered kustomization is valid too (needs kubectl >= 1.21 for `labels:`: Debian's
+    kubernetes-client is 1.20, too old; skipped without it locally, a failure under CI)."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.skip("kubectl not installed: `kubectl kustomize` not run (schema checks above still ran)")
+        reason = "kubectl not installed: `kubectl kustomize` not run (schema checks above still ran)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must have kubectl", pytrace=False)
+        pytest.skip(reason)
     r = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     docs = [d for d in yaml.safe_load_all(r.stdout) if d]

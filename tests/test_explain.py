@@ -94,6 +94,9 @@ CASES: list[tuple[str, dict[str, Any], str | None, str | None, list[str]]] = [
     ("unknown model", {"model": "nope", "prompt": "hi"}, "admin", None, [
         "refused:  404 invalid_request_error: The model 'nope' does not exist",
     ]),
+    ("max_tokens above the ceiling", {"model": "fast", "prompt": "hi", "max_tokens": 10**12}, "admin", None, [
+        "refused:  400 invalid_request_error: Invalid 'max_tokens': 1000000000000 is above the 131072 tokens",
+    ]),
 ]
 
 

@@ -41,7 +41,8 @@ def routes(vendor, model_limits: dict, keys: dict | None = None) -> dict:
 
 
 async def start_replicas(tmp_path: Path, doc: dict, redis_url: str, vendor, count: int = 3,
-                         extra_env: dict | None = None):
+                         extra_env: dict | None = None, ready: str = "/readyz", log_level: str = "WARNING",
+                         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL):
     path = tmp_path / "routes.yaml"
     path.write_text(yaml.safe_dump(doc))
     env = {**os.environ, "REDIS_URL": redis_url, key_env(vendor.kind): vendor.api_key, **(extra_env or {})}
@@ -50,13 +51,13 @@ async def start_replicas(tmp_path: Path, doc: dict, redis_url: str, vendor, coun
         port = free_port()
         procs.append(await asyncio.create_subprocess_exec(
             sys.executable, "-m", "router", "serve", "--config", str(path), "--port", str(port),
-            "--log-level", "WARNING", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL))
+            "--log-level", log_level, env=env, stdout=stdout, stderr=stderr))
         urls.append(f"http://127.0.0.1:{port}")
     async with aiohttp.ClientSession() as s:
         for url in urls:
             for _ in range(150):
                 try:
-                    async with s.get(url + "/readyz") as r:
+                    async with s.get(url + ready) as r:
                         if r.status == 200:
                             break
                 except aiohttp.ClientConnectionError:

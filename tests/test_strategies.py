@@ -262,3 +262,12 @@ def test_cost_reckons_an_unbounded_answer_by_the_routes_default(default_max_toke
     norm = normalize("completions", orjson.dumps({"model": "g", "prompt": "x" * 4000}), default_max_tokens)
     assert norm.max_tokens == default_max_tokens
     assert plan(tab, ["g"], norm)[0].target.provider == cheapest
+
+
+@pytest.mark.parametrize(("choices", "cheapest"), [({}, "b"), ({"n": 20}, "a"), ({"best_of": 20}, "a")])
+def test_cost_counts_the_output_of_every_choice(choices, cheapest):
+    # a: dear input, cheap output; b: the reverse. 1,000 prompt tokens and max_tokens 100: one
+    # answer makes the input price decide (b); twenty answers make the output price decide (a).
+    tab = table({"g": group("cost", [t("a", price={"input": 9, "output": 1}), t("b", price={"input": 1, "output": 9})])})
+    norm = normalize("completions", orjson.dumps({"model": "g", "prompt": "x" * 4000, "max_tokens": 100, **choices}))
+    assert plan(tab, ["g"], norm)[0].target.provider == cheapest
