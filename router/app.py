@@ -13,6 +13,7 @@ from router.access_log import ACCESS_LOG, AccessLog
 from router.drain import DRAIN, Drain
 from router.edge import METRICS, edge, stamp_headers
 from router.handlers import PROXY, ROUTES, STATE, add_routes
+from router.leases import renew_leases
 from router.metrics import Metrics
 from router.proxy import Proxy
 from router.reload import Routes, install_sighup
@@ -45,6 +46,7 @@ def create_app(settings: ServeSettings, table: RouteTable | None = None, *,
     app.on_response_prepare.append(stamp_headers)
     app.cleanup_ctx.append(_shared_state)
     app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(renew_leases)
     if watch:
         app.cleanup_ctx.append(_reloader)
     return app
@@ -57,7 +59,9 @@ async def metrics_handler(request: web.Request) -> web.Response:
 async def _shared_state(app: web.Application) -> AsyncIterator[None]:
     """Limits and health: Redis when REDIS_URL is set, else this process alone."""
     settings = app[SETTINGS]
-    state = create_state(settings.redis_url, StateSettings(fail_open=settings.fail_open, redis_timeout_s=settings.redis_timeout_s), app[METRICS])
+    state_settings = StateSettings(fail_open=settings.fail_open, redis_timeout_s=settings.redis_timeout_s,
+                                   concurrency_lease_s=settings.concurrency_lease_s)
+    state = create_state(settings.redis_url, state_settings, app[METRICS])
     app[STATE] = state
     yield
     await state.close()

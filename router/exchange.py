@@ -16,7 +16,7 @@ from aiohttp import web
 
 from router.metrics import ANONYMOUS, UNKNOWN
 from router.routes import Price
-from router.state import TargetGrant
+from router.state import Grant, TargetGrant
 
 # Whole-string match (`$` alone would let a trailing newline through): at most 128 printable
 # characters, none of them a control character or a space.
@@ -54,6 +54,7 @@ class Exchange:
     committed: bool = False       # a stream's headers went out: no other response is possible
     served: bool = False          # an upstream answer (or a stream's first event) arrived
     healthy: list[tuple[str, float]] = field(default_factory=list)   # (target id, latency) of good attempts
+    grant: Grant | None = None    # this request's admission, while it runs (its leases are renewed)
     target_grant: TargetGrant | None = None
     upstream: Any = None          # a committed stream's upstream response, while it is relayed
     draining: bool = False        # the process is shutting down and ended this stream

@@ -63,6 +63,7 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     proxy = request.app[PROXY]
     grant, health = await request.app[STATE].admit(admission, ids)
     ex.headers = grant.headers
+    ex.grant = grant
     try:
         candidates = plan(table, names, norm, health, decision.strategy)
         return await proxy.serve(request, ex, norm, candidates, health, tokens)

@@ -363,7 +363,8 @@ return {1, usages, health, claimed, nows}
 # KEYS: each op's keys; ARGV: #ops, then kind/rid/a/b per op: tpm -> tokens a ("refund"
 # drops the entry), rpm/concurrent -> drop the entry, spend (keys: day, month, a marker per
 # reservation) -> INCRBY a on both, once per reservation however often replayed; b is the
-# day's TTL (ms), the month's is 21 times it.
+# day's TTL (ms), the month's is 21 times it; lease (a concurrency slot still in use) -> its
+# deadline moved to now ('' b: Redis's TIME) + a ms, if it is still held.
 LUA_SETTLE = """
 local ki, ai = 1, 2
 for c = 1, tonumber(ARGV[1]) do
@@ -392,6 +393,9 @@ for c = 1, tonumber(ARGV[1]) do
       redis.call('INCRBY', month, a)
       redis.call('PEXPIRE', month, b * 21)
     end
+  elseif kind == 'lease' then
+    redis.call('ZADD', z, 'XX', string.format('%.6f', tonumber(clock(b)) + tonumber(a) / 1000), rid)
+    redis.call('PEXPIRE', z, a)
   else
     redis.call('ZREM', z, rid)
   end

@@ -183,6 +183,16 @@ class MemoryState:
         if grant is not None:
             self._settle_grant(grant, actual_tokens, cost_usd)
 
+    def renew_soon(self, grants: Sequence[Grant]) -> None:
+        deadline = self._clock() + self._s.concurrency_lease_s
+        for g in grants:
+            if g.settled or g.backend != "memory":
+                continue
+            for c in g.checks:
+                slots = self._slots.get((c.scope, c.name)) if c.kind == CONCURRENT else None
+                if slots is not None and g.rid in slots:
+                    slots[g.rid] = deadline
+
     async def record(self, target_id: str, ok: bool | None, latency_s: float | None, stream: bool = False,
                      probe: bool = False) -> None:
         self.record_soon(target_id, ok, latency_s, stream, probe)

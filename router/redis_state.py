@@ -48,7 +48,7 @@ Ops = dict[str, tuple[list[str], list[str]]]  # hash tag ("" standalone) -> (key
 SCRIPTS = {
     "admit": LUA_PRELUDE + LUA_NOW + LUA_ADMIT,
     "health": LUA_PRELUDE + LUA_NOW + LUA_HEALTH,
-    "settle": LUA_SETTLE,
+    "settle": LUA_NOW + LUA_SETTLE,
     "record": LUA_PRELUDE + LUA_NOW + LUA_RECORD,
 }
 
@@ -308,6 +308,19 @@ class RedisState:
 
     async def release_target(self, target: TargetGrant, actual_tokens: int | None = 0) -> None:
         await self.settle(None, target, actual_tokens, 0.0)
+
+    def renew_soon(self, grants: Sequence[Grant]) -> None:
+        ops: Ops = {}
+        lease_ms, now = str(int(self._s.concurrency_lease_s * 1000)), self._now()
+        for g in grants:
+            if g.settled or g.backend != "redis" or g.plan is None:
+                continue
+            for i, c in enumerate(g.plan.checks):
+                if c.kind == CONCURRENT:
+                    keys, args = ops.setdefault(f"{c.scope}:{c.name}" if self.cluster else "", ([], []))
+                    keys += g.plan.keys[i]
+                    args += ["lease", g.rid, lease_ms, now]
+        self._send_ops(ops)
 
     def settle_soon(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> None:
         if target is not None and target.backend == "memory":

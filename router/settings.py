@@ -19,6 +19,7 @@ class ServeSettings:
     log_prompts: bool = False       # debug only: put prompt text in the access log
     redis_timeout_s: float = 0.25   # one pipelined batch of Redis calls; past it, fail open (or closed)
     shutdown_grace_s: float = 60.0  # SIGTERM: how long requests in flight get to finish
+    concurrency_lease_s: float = 600.0  # a concurrency slot's lease; running requests renew theirs
 
     @classmethod
     def from_env(cls, **overrides: object) -> "ServeSettings":
@@ -31,6 +32,8 @@ class ServeSettings:
             "log_prompts": env.get("ROUTER_LOG_PROMPTS", "") in ("1", "true", "yes"),
             "shutdown_grace_s": _bounded("ROUTER_SHUTDOWN_GRACE_S", env.get("ROUTER_SHUTDOWN_GRACE_S"),
                                          cls.shutdown_grace_s, 1, 3600, "seconds"),
+            "concurrency_lease_s": _bounded("ROUTER_CONCURRENCY_LEASE_S", env.get("ROUTER_CONCURRENCY_LEASE_S"),
+                                            cls.concurrency_lease_s, 1, 86400, "seconds"),
             "redis_timeout_s": _bounded("ROUTER_REDIS_TIMEOUT_MS", env.get("ROUTER_REDIS_TIMEOUT_MS"), 250, 1, 60_000,
                                         "milliseconds") / 1000,
         }

@@ -335,3 +335,25 @@ async def test_create_state_picks_the_backend_from_the_url(url: str, cluster: bo
     assert isinstance(state, RedisState) and state.cluster is cluster
     await state.close()
     assert isinstance(create_state(None, StateSettings()), MemoryState)
+
+
+async def test_a_renewed_concurrency_lease_outlives_its_first_deadline(backend: Backend) -> None:
+    (s,) = await backend.make(concurrency_lease_s=120)
+    one = adm(key_limits=LimitSpec(concurrent=1))
+    grant, _ = await s.admit(one, [])
+    backend.clock.advance(100)
+    s.renew_soon([grant])  # the request is still running (a long stream)
+    await s.health([])  # the renewal rides along with the next call
+    await asyncio.sleep(0.05)
+    backend.clock.advance(100)  # past the first lease, inside the renewed one
+    assert not await admitted(s, one)
+    await s.settle(grant, None, None, 0.0)
+    assert await admitted(s, one)
+
+
+async def test_a_lease_not_renewed_frees_itself(backend: Backend) -> None:
+    (s,) = await backend.make(concurrency_lease_s=120)
+    one = adm(key_limits=LimitSpec(concurrent=1))
+    await s.admit(one, [])
+    backend.clock.advance(121)  # a replica that crashed renews nothing
+    assert await admitted(s, one)
