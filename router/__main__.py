@@ -12,6 +12,7 @@ from typing import Sequence
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from router.access_log import AccessLog
 from router.app import create_app
@@ -20,6 +21,21 @@ from router.settings import ServeSettings
 from router.workers import listen, refusal, serve_workers, worker_count
 
 log = logging.getLogger("router")
+
+
+class _MalformedHttpInOneLine(logging.Filter):
+    """aiohttp refuses a malformed HTTP request (bad header bytes, an over-long line, a bad
+    chunk size) with a 400 before any handler runs, and logs a traceback at ERROR each time:
+    anyone could flood the log. One WARNING line without the traceback says enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "refused a malformed HTTP request from %s: %s", (
+                record.args[0] if isinstance(record.args, tuple) and record.args else "?", exc.message)
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -33,6 +49,8 @@ def _setup_logging(level: str = "INFO") -> None:
     out.setFormatter(logging.Formatter("%(message)s"))
     access.handlers[:] = [out]
     access.propagate = False
+    server = logging.getLogger("aiohttp.server")
+    server.filters[:] = [_MalformedHttpInOneLine()]
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

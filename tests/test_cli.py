@@ -152,3 +152,32 @@ async def test_serve_writes_one_access_line_per_request_to_stdout(tmp_path, leve
     logged = [orjson.loads(line) for line in out.splitlines() if line.startswith(b"{")]
     assert len(logged) == lines
     assert all(entry["status"] == 404 and entry["error"] == "model_not_found" for entry in logged)
+
+
+@pytest.mark.parametrize("raw", [
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Bad: \x00\x01\r\n\r\n",
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 10_000 + b"\r\n\r\n",
+], ids=["control-bytes-in-a-header", "bad-chunk-size", "over-long-header"])
+async def test_a_malformed_http_request_is_refused_with_one_log_line_and_no_traceback(tmp_path, raw: bytes):
+    path = tmp_path / "routes.yaml"
+    path.write_text(GOOD)
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "router", "serve", "--config", str(path),
+                                                "--port", str(port), stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        await get_when_up(f"http://127.0.0.1:{port}/v1/models")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        await get_when_up(f"http://127.0.0.1:{port}/v1/models")  # still serving
+    finally:
+        proc.terminate()
+        _, err = await proc.communicate()
+    assert status_line.split()[1].startswith(b"4")
+    text = err.decode()
+    assert "Traceback" not in text
+    assert text.count("malformed HTTP request") == 1
