@@ -25,6 +25,7 @@ import email.utils
 import logging
 import math
 import os
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -75,7 +76,9 @@ class Fill:
     @classmethod
     def new(cls, endpoint: str) -> Fill:
         prefix = "chatcmpl-" if endpoint == Endpoint.CHAT else "cmpl-"
-        return cls(prefix + os.urandom(12).hex(), int(time.time()))
+        # ids only need to be unique, not secret: no system call per answer (random reseeds
+        # itself in each forked worker)
+        return cls(f"{prefix}{random.getrandbits(96):024x}", int(time.time()))
 
 
 @dataclass(frozen=True, slots=True)

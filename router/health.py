@@ -55,7 +55,7 @@ def latency_for(h: Latencies, stream: bool) -> float | None:
     return h.latency_ewma
 
 
-@dataclass
+@dataclass(frozen=True)
 class TargetHealth:
     """What the router needs to pick a target; `usable` filters, `score_for` orders."""
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from router.health import CLOSED, CircuitRecord, TargetHealth
+from router.health import CLOSED, HEALTHY, CircuitRecord, TargetHealth
 from router.limits import (
     BUDGET_KINDS, CONCURRENT, DAILY_USD, TPM, WINDOW_S, Admission, BudgetPeriods, Check, LimitExceeded, LimitSpec,
     Usage, headers_for, plan_checks, target_checks, to_micro,
@@ -20,6 +21,8 @@ from router.state import Grant, Rids, StateSettings, TargetGrant, count_rejectio
 
 if TYPE_CHECKING:
     from router.metrics import Metrics
+
+PLAN_CACHE = 4096  # distinct (key, model) combinations kept; past it the cache starts over
 
 
 class _Log:
@@ -68,64 +71,86 @@ class MemoryState:
         self._spend: dict[tuple[str, str], int] = {}  # (key, day or month id) -> micro-dollars
         self._circuits: dict[str, CircuitRecord] = {}
         self._rid, self._periods = Rids(), BudgetPeriods()
+        self._plans: dict[tuple[object, ...], tuple[Check, ...]] = {}
 
-    def _try(self, checks: Sequence[Check], rid: str, now: float) -> list[Usage | None]:
-        """All-or-nothing: evaluate every check, charge only if all pass."""
+    def _try(self, checks: Sequence[Check], rid: str, now: float, tokens: int) -> list[Usage | None]:
+        """All-or-nothing: evaluate every check, charge only if all pass. A tpm check takes
+        `tokens` (the checks are per-combination templates, built once)."""
         day, month, to_day_end, to_month_end = self._periods(now)
         usages: list[Usage | None] = []
+        logs: list[_Log | None] = []
         for c in checks:
-            if c.kind in BUDGET_KINDS:
-                spent = self._spend.get((c.name, day if c.kind == DAILY_USD else month), 0)
+            kind = c.kind
+            lg = None
+            if kind in BUDGET_KINDS:
+                spent = self._spend.get((c.name, day if kind == DAILY_USD else month), 0)
                 if spent >= c.limit:
-                    raise LimitExceeded(c, to_day_end if c.kind == DAILY_USD else to_month_end)
-                usages.append(None)
-            elif c.kind == CONCURRENT:
-                slots = self._slots.setdefault((c.scope, c.name), {})
+                    raise LimitExceeded(c, to_day_end if kind == DAILY_USD else to_month_end)
+            elif kind == CONCURRENT:
+                slots = self._slots.get((c.scope, c.name))
+                if slots is None:
+                    slots = self._slots[(c.scope, c.name)] = {}
                 for r in [r for r, deadline in slots.items() if deadline <= now]:
                     del slots[r]
                 if len(slots) + c.amount > c.limit:
                     raise LimitExceeded(c, 1.0)
-                usages.append(None)
             else:
-                lg = self._logs.setdefault((c.scope, c.name, c.kind), _Log())
+                amount = tokens if kind == TPM else c.amount
+                key = (c.scope, c.name, kind)
+                lg = self._logs.get(key)
+                if lg is None:
+                    lg = self._logs[key] = _Log()
                 lg.prune(now - WINDOW_S)
-                if lg.total + c.amount > c.limit:
-                    usage = lg.usage(c.limit, now)
-                    raise LimitExceeded(c, lg.retry_after(c.limit, c.amount, now), Usage(c.limit, 0, usage.reset_s))
-                usages.append(None)  # filled after charging
+                if lg.total + amount > c.limit:
+                    refused = replace(c, amount=amount) if kind == TPM else c
+                    raise LimitExceeded(refused, lg.retry_after(c.limit, amount, now),
+                                        Usage(c.limit, 0, lg.usage(c.limit, now).reset_s))
+            usages.append(None)
+            logs.append(lg)
         for i, c in enumerate(checks):
-            if c.kind == CONCURRENT:
-                self._slots[(c.scope, c.name)][rid] = now + self._s.concurrency_lease_s
-            elif c.kind not in BUDGET_KINDS:
-                lg = self._logs[(c.scope, c.name, c.kind)]
+            lg = logs[i]
+            if lg is not None:
+                amount = tokens if c.kind == TPM else c.amount
                 lg.entries.append((now, rid))
-                lg.amounts[rid] = c.amount
-                lg.total += c.amount
+                lg.amounts[rid] = amount
+                lg.total += amount
                 usages[i] = lg.usage(c.limit, now)
+            elif c.kind == CONCURRENT:
+                self._slots[(c.scope, c.name)][rid] = now + self._s.concurrency_lease_s
         return usages
 
     def _health(self, target_ids: Sequence[str], now: float) -> dict[str, TargetHealth]:
         out = {}
         for tid in target_ids:
             rec = self._circuits.get(tid)
-            out[tid] = rec.view(now, self._s) if rec else CircuitRecord().view(now, self._s)
+            out[tid] = rec.view(now, self._s) if rec else HEALTHY
         set_circuit(self._metrics, out)
         return out
 
+    def _checks(self, adm: Admission) -> tuple[Check, ...]:
+        """The checks of a (key, model) combination, built once (their tpm amount is a stand-in)."""
+        ident = (adm.key, adm.key_limits, adm.key_budget, adm.model, adm.model_limits)
+        checks = self._plans.get(ident)
+        if checks is None:
+            if len(self._plans) >= PLAN_CACHE:
+                self._plans.clear()
+            checks = self._plans[ident] = tuple(plan_checks(replace(adm, tokens=0)))
+        return checks
+
     async def admit(self, adm: Admission, target_ids: Sequence[str]) -> tuple[Grant, dict[str, TargetHealth]]:
-        now, rid, checks = self._clock(), self._rid(), plan_checks(adm)
+        now, rid, checks, tokens = self._clock(), self._rid(), self._checks(adm), max(0, adm.tokens)
         try:
-            usages = self._try(checks, rid, now)
+            usages = self._try(checks, rid, now, tokens)
         except LimitExceeded as e:
             count_rejection(self._metrics, e.check)
             raise
-        grant = Grant(headers_for(checks, usages), rid, adm.key, tuple(checks), max(0, adm.tokens))
+        grant = Grant(headers_for(checks, usages), rid, adm.key, checks, tokens)
         return grant, self._health(target_ids, now)
 
     async def reserve_target(self, target_id: str, limits: LimitSpec, tokens: int) -> TargetGrant | None:
         now, rid, checks = self._clock(), self._rid(), target_checks(target_id, limits, tokens)
         try:
-            usages = self._try(checks, rid, now)
+            usages = self._try(checks, rid, now, max(0, tokens))
         except LimitExceeded as e:
             count_rejection(self._metrics, e.check)
             return None

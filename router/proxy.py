@@ -49,6 +49,7 @@ class Proxy:
         self.session = session
         self.metrics = metrics
         self.state = state
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # by connect timeout: one per value, not per attempt
 
     async def serve(self, request: web.Request, ex: Exchange, norm: Normalized, candidates: list[Candidate],
                     health: Mapping[str, TargetHealth] | None = None, tokens: int = 0) -> web.StreamResponse:
@@ -187,7 +188,11 @@ class Proxy:
         # do not move it, and it never passes the request's deadline.
         limit = min(target.timeout_s, remaining, target.idle_timeout_s if norm.stream else remaining)
         hard = loop.time() + limit
-        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=min(target.connect_timeout_s, limit))
+        timeout = self._timeouts.get(target.connect_timeout_s) if limit >= target.connect_timeout_s else None
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=min(target.connect_timeout_s, limit))
+            if limit >= target.connect_timeout_s:
+                self._timeouts[target.connect_timeout_s] = timeout
         headers = {**adapter.headers, "X-Request-Id": ex.request_id}
         started = time.monotonic()
         outcome: str | None = None   # stays None unless the attempt completes: no health verdict
