@@ -73,6 +73,15 @@ PROMPT_SHAPES = frozenset({TEXT, TEXTS, TOKENS, TOKEN_LISTS})
 ONE_OF = {TEXTS: TEXT, TOKEN_LISTS: TOKENS}   # a batch, and the shape of each of its prompts
 
 
+# What an adapter can do beyond taking a field, per endpoint: what resume and hedging ask of
+# a target before sending it anything (Adapter.capabilities), rendered as the README's table.
+CHAT_PREFIX = "chat_prefix"       # continues a trailing assistant message (a chat stream's resume)
+TEXT_PROMPT = "text_prompt"       # a completions prompt as one string (a completion's resume)
+TOKEN_PROMPTS = "token_prompts"   # a completions prompt of token ids
+MANY_CHOICES = "n"                # `n` > 1 answered in one call
+CAPABILITIES = (CHAT_PREFIX, TEXT_PROMPT, TOKEN_PROMPTS, MANY_CHOICES)
+
+
 def prompt_shape(prompt: Any) -> str:
     """Which of PROMPT_SHAPES a (validated) prompt is."""
     if isinstance(prompt, str):

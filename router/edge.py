@@ -102,13 +102,11 @@ def record(metrics: Metrics, ex: Exchange) -> None:
     metrics.requests.labels(ex.model, provider, ex.key, ex.endpoint, stream, f"{ex.status // 100}xx").inc()
     metrics.request_duration.labels(ex.model, provider, ex.endpoint, stream).observe(total)
     metrics.overhead.labels(ex.endpoint, stream).observe(max(0.0, total - ex.upstream_s))
-    if ex.prompt_tokens or ex.completion_tokens:
-        metrics.tokens.labels(ex.model, provider, ex.key, "prompt").inc(ex.prompt_tokens)
-        metrics.tokens.labels(ex.model, provider, ex.key, "completion").inc(ex.completion_tokens)
-        if ex.cached_tokens:
-            metrics.tokens.labels(ex.model, provider, ex.key, "cached").inc(ex.cached_tokens)
-    if cost:
-        metrics.spend.labels(ex.key, ex.model, provider).inc(cost)
+    _count_part(metrics, ex, provider, ex.prompt_tokens, ex.completion_tokens, ex.cached_tokens,
+                cost - sum(p.cost() for p in ex.parts) if ex.parts else cost)
+    for part in ex.parts:   # a resumed stream: each part's tokens and spend on the provider that made them
+        _count_part(metrics, ex, part.provider or "none", part.prompt_tokens, part.completion_tokens,
+                    part.cached_tokens, part.cost())
     if access.isEnabledFor(logging.INFO):
         line = {
             "ts": round(time.time(), 3), "request_id": ex.request_id, "key": ex.key,
@@ -119,6 +117,26 @@ def record(metrics: Metrics, ex: Exchange) -> None:
             "prompt_tokens": ex.prompt_tokens, "completion_tokens": ex.completion_tokens,
             "cached_tokens": ex.cached_tokens, "cost_usd": round(cost, 8),
         }
+        if ex.parts:   # the token fields above are then the whole stream's
+            line.update(ex.usage_total())
+            del line["total_tokens"]
+            line["cached_tokens"] = ex.cached_tokens + sum(p.cached_tokens for p in ex.parts)
+            line["resumes"] = ex.resumes
+            line["parts"] = [{"provider": p.provider, "prompt_tokens": p.prompt_tokens,
+                              "completion_tokens": p.completion_tokens} for p in ex.parts]
+        if ex.hedge:
+            line["hedge_won_by"] = ex.hedge
         if ex.prompt is not None:
             line["prompt"] = ex.prompt
         access.info(orjson.dumps(line).decode())
+
+
+def _count_part(metrics: Metrics, ex: Exchange, provider: str, prompt: int, completion: int, cached: int,
+                cost: float) -> None:
+    if prompt or completion:
+        metrics.tokens.labels(ex.model, provider, ex.key, "prompt").inc(prompt)
+        metrics.tokens.labels(ex.model, provider, ex.key, "completion").inc(completion)
+        if cached:
+            metrics.tokens.labels(ex.model, provider, ex.key, "cached").inc(cached)
+    if cost > 0:
+        metrics.spend.labels(ex.key, ex.model, provider).inc(cost)
