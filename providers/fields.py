@@ -162,6 +162,38 @@ def render(tables: Mapping[str, Mapping[str, Mapping[str, Decision]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CAPABILITY_ROWS = (
+    (CHAT_PREFIX, "continues a chat's partial answer (resume of a chat stream)"),
+    (TEXT_PROMPT, "takes a completions prompt as one string (resume of a completion)"),
+    (TOKEN_PROMPTS, "takes a completions prompt of token ids"),
+    (MANY_CHOICES, "answers `n` > 1 in one call"),
+)
+
+
+def render_capabilities(cells: Mapping[str, Mapping[str, str]]) -> str:
+    """The README's capability × vendor table from `capability_cells()`."""
+    kinds = list(cells)
+    lines = ["| capability | " + " | ".join(kinds) + " |", "| --- |" + " --- |" * len(kinds)]
+    for name, what in CAPABILITY_ROWS:
+        lines.append(f"| `{name}`: {what} | " + " | ".join(cells[kind][name] for kind in kinds) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def capability_cells() -> dict[str, dict[str, str]]:
+    """Per kind and capability: the endpoints it holds on, or the provider option that turns it on."""
+    from providers import REGISTRY
+    out: dict[str, dict[str, str]] = {}
+    for kind, cls in REGISTRY.items():
+        row = out[kind] = {}
+        for name, _ in CAPABILITY_ROWS:
+            eps = [ep for ep in (COMPLETIONS, CHAT) if name in cls.capabilities(ep)]
+            if not eps and name == CHAT_PREFIX and "chat_prefix" in cls.options_allowed:
+                row[name] = "chat, with `options.chat_prefix`"
+            else:
+                row[name] = "yes" if len(eps) == 2 else eps[0] if eps else "no"
+    return out
+
+
 def tables() -> dict[str, dict[str, dict[str, Decision]]]:
     """Every registered adapter's decisions, by kind and endpoint."""
     from providers import REGISTRY   # the registry imports the adapters, which import this module

@@ -180,3 +180,20 @@ def test_resume_and_hedge_settings_are_checked_with_their_path():
     text = str(err.value)
     assert "models.m.hedge: give exactly one of 'after_ms' or 'after: ttft_p95'" in text
     assert "models.m.resume.max_resume: unknown key" in text
+
+
+def test_readme_resume_and_hedge_example_is_a_valid_model_group():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from router.routes import parse
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### Resume and hedging"):]
+    doc = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    doc["providers"]["cogito"] = {"kind": "cogito", "base_url": "https://api.cogito.decart.ai"}
+    group = parse(doc, environ={}).groups["kimi-k2"]
+    assert group.resume is not None and group.resume.max_resumes == 1
+    assert group.hedge is not None and group.hedge.threshold_s(None) == 0.8
+    assert group.targets[1].adapter.can["chat"] >= {"chat_prefix"}
