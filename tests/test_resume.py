@@ -3,6 +3,7 @@ and the client sees one unbroken answer whose usage and spend both vendors accou
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import aiohttp
@@ -92,7 +93,8 @@ async def test_broken_completion_resumes_on_the_next_target_with_prompt_plus_par
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-async def test_resumed_stream_settles_both_parts_and_bills_each_provider(proxy, vendors):
+async def test_resumed_stream_settles_both_parts_and_bills_each_provider(proxy, vendors, caplog):
+    caplog.set_level(logging.INFO, logger="router.access")
     vendors[FIRST].control.push(BreakStream(after=3, text=TEXT, chunks=6))
     vendors[SECOND].control.push(Reply(text=REST, chunks=3))
     events = await stream(proxy, "/v1/completions", {"model": "g", "prompt": "Say it:", "stream": True,
@@ -109,6 +111,12 @@ async def test_resumed_stream_settles_both_parts_and_bills_each_provider(proxy, 
     spend_second = metric(proxy, "router_spend_usd_total", provider=SECOND)
     assert spend_first == pytest.approx(((len("Say it:") // 4 + 1) * 1000 + estimate(PIECES[:3]) * 2000) / 1e6)
     assert spend_second == pytest.approx((7 * 1000 + 5 * 2000) / 1e6)
+    (line,) = [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "router.access"]
+    assert line["resumes"] == [f"{FIRST}->{SECOND}"] and line["provider"] == SECOND
+    assert line["parts"] == [{"provider": FIRST, "prompt_tokens": len("Say it:") // 4 + 1,
+                              "completion_tokens": estimate(PIECES[:3])}]
+    assert line["completion_tokens"] == estimate(PIECES[:3]) + 5
+    assert line["cost_usd"] == pytest.approx(spend_first + spend_second)
 
 
 async def test_broken_chat_resumes_with_the_partial_answer_as_an_assistant_prefix(proxy, vendors):
