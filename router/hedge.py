@@ -59,6 +59,13 @@ async def race(onward: Onward, cand: Candidate, payload: bytes, limit: float) ->
                 if task.exception() is None:
                     return _won(onward, tasks, task)
         return _won(onward, tasks, first)   # both failed: raises the first target's error
+    except asyncio.CancelledError:
+        # The client left mid-race: the hedge's leg is given back here, the first target's by serve.
+        for task, (other, other_started, grant) in list(tasks.items())[1:]:
+            task.cancel()
+            onward.release(grant)
+            proxy.count_attempt(other.target, None, other_started, ex)
+        raise
     finally:
         for task in tasks:
             if not task.done():

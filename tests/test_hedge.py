@@ -92,3 +92,17 @@ async def test_hedging_is_off_by_default(pair):
 ])
 def test_hedge_threshold_is_fixed_or_a_multiple_of_the_ttft_ewma(hedge, ewma, want):
     assert hedge.threshold_s(ewma) == pytest.approx(want)
+
+
+async def test_client_leaving_mid_race_closes_both_upstreams_and_returns_both_reservations(pair):
+    proxy, a, b = pair
+    a.control.push(Reply(text="never", delay=30))
+    b.control.push(Reply(text="never either", delay=30))
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(TimeoutError):
+            await s.post(proxy.url + "/v1/completions", json={"model": "h", "prompt": "p", "stream": True},
+                         timeout=aiohttp.ClientTimeout(total=0.6))
+    assert await wait_for(lambda: not a.runner.server.connections and not b.runner.server.connections, timeout=3.0)
+    assert await wait_for(lambda: metric(proxy, "router_requests_total") >= 1)
+    assert metric(proxy, "router_hedges_started_total", provider="b") == 1
+    assert tpm_used(proxy, "target", "a/m") == 0 and tpm_used(proxy, "target", "b/m") == 0
