@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from providers.base import MAX_ERROR_BODY, UpstreamError, stalled, transport_error
+from providers.base import MAX_ERROR_BODY, stalled, transport_error
 from router.candidates import Candidate
 from router.exchange import Exchange
 from router.health import CLOSED, TargetHealth
@@ -97,4 +97,4 @@ def first_event_limit(target: Target, deadline: float) -> float:
     return min(target.timeout_s, target.idle_timeout_s, max(0.0, deadline - time.monotonic()))
 
 
-__all__ = ["Onward", "UpstreamError", "open_events", "first_event_limit"]
+__all__ = ["Onward", "first_event_limit", "open_events"]

@@ -27,7 +27,6 @@ import orjson
 from providers.base import UpstreamError, Unsupported
 from providers.fields import CHAT_PREFIX, TEXT_PROMPT
 from router.candidates import Candidate
-from router.exchange import Part
 from router.onward import Onward, first_event_limit, open_events
 from router.routes import Target
 from router.schema import Endpoint
@@ -166,4 +165,4 @@ class Resumer:
         self.onward.grant = None
 
 
-__all__ = ["Continued", "Part", "Resumer", "resumable"]
+__all__ = ["Continued", "Resumer", "resumable"]

@@ -4,6 +4,7 @@ to answer wins, the other is hung up on at once and its reservation returned."""
 from __future__ import annotations
 
 import aiohttp
+import orjson
 import pytest
 
 from providers.standins import Reply, StandinControl
@@ -11,8 +12,6 @@ from providers.standins.run import start_standin
 from router.routes import Hedge
 from tests.test_client_behaviour import metric, wait_for
 from tests.test_resume import text_of, tpm_used
-
-import orjson
 
 
 @pytest.fixture

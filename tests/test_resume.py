@@ -12,9 +12,8 @@ import pytest
 
 from providers.standins import BreakStream, Fault, Reply
 from providers.standins.dialect import split_text
-from router.edge import METRICS
 from router.handlers import STATE
-from tests.fixtures_proxy import key_env, providers_for
+from tests.fixtures_proxy import providers_for
 from tests.test_client_behaviour import metric, wait_for
 
 FIRST, SECOND, PREFIX = "cogito", "nebius", "openai"
