@@ -151,7 +151,7 @@ async def test_in_band_error_and_silence_after_content_are_resumed(vendors, star
                                "models": {"g": {"targets": [{"provider": FIRST, "model": "m-1"},
                                                             {"provider": SECOND, "model": "m-1"}],
                                                 "resume": {}}},
-                               "settings": {"retry": {"attempts": 1}, "stream_idle_timeout_s": 0.5}},
+                               "settings": {"retry": {"attempts": 1}, "stream_idle_timeout_s": 1.5}},
                               vendors=vendors)
     vendors[FIRST].control.push(fault)
     vendors[SECOND].control.push(Reply(text=REST, chunks=2))
