@@ -34,8 +34,9 @@ from typing import Any, ClassVar, Mapping
 
 import orjson
 
-from providers.fields import (ANSWER_FIELDS, COMPLETIONS, ONE_OF, OPENAI_FIELDS, PASS, PROMPT_SHAPES, REFUSED,
-                             Decision, decisions, is_off, prompt_shape)
+from providers.fields import (ANSWER_FIELDS, CHAT_PREFIX, COMPLETIONS, MANY_CHOICES, ONE_OF, OPENAI_FIELDS, PASS,
+                             PROMPT_SHAPES, REFUSED, TEXT, TEXT_PROMPT, TOKEN_PROMPTS, TOKENS, Decision, decisions,
+                             is_off, prompt_shape)
 from router.errors import INVALID_REQUEST, RATE_LIMIT, UPSTREAM, RouterError
 from router.schema import Endpoint
 
@@ -107,6 +108,9 @@ class Adapter:
     # True where the vendor's schema has additionalProperties: unknown (non-OpenAI) fields pass.
     open_schema: ClassVar[bool] = True
     options_allowed: ClassVar[frozenset[str]] = frozenset()
+    # How the vendor continues a chat's trailing assistant message (see `continue_chat`); None
+    # where its documentation promises no way, so a broken chat stream is not resumed there.
+    chat_prefix: ClassVar[str | None] = None
 
     def __init__(self, settings: ProviderSettings) -> None:
         self.name = settings.name
@@ -121,9 +125,39 @@ class Adapter:
             self.headers["Authorization"] = f"Bearer {settings.api_key}"
         self.has_key = bool(settings.api_key)
         self.fields = {ep: self.field_table(ep) for ep in self.paths}
+        self.prefix_style: str | None = self.options.get("chat_prefix", self.chat_prefix)
+        if self.prefix_style not in CHAT_PREFIX_STYLES:
+            raise ValueError(f"chat_prefix must be one of: {', '.join(s for s in CHAT_PREFIX_STYLES if s)}")
+        self.can = {ep: self.capabilities(ep, self.prefix_style) for ep in self.paths}
         # Every vendor key the table holds (set by the table once all adapters exist): none
         # may reach a client or a log, even when a vendor's error message repeats it.
         self.secrets: tuple[str, ...] = (settings.api_key,) if settings.api_key else ()
+
+    @classmethod
+    def capabilities(cls, endpoint: str, chat_prefix: str | None = None) -> frozenset[str]:
+        """What this vendor can do on `endpoint` (providers/fields.py CAPABILITIES), from what
+        it declares: its field table, its prompt shapes, its way of continuing a message."""
+        can: set[str] = set()
+        if cls.field_table(endpoint)["n"].verdict != REFUSED:
+            can.add(MANY_CHOICES)
+        if endpoint == COMPLETIONS:
+            if TEXT in cls.prompt_shapes:
+                can.add(TEXT_PROMPT)
+            if TOKENS in cls.prompt_shapes:
+                can.add(TOKEN_PROMPTS)
+        elif (chat_prefix or cls.chat_prefix) is not None:
+            can.add(CHAT_PREFIX)
+        return frozenset(can)
+
+    def continue_chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A vendor body whose last message is the assistant's partial answer, marked so the
+        vendor continues that message rather than answering after it."""
+        if self.prefix_style == "continue_final_message":   # vLLM, SGLang
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        elif self.prefix_style == "prefix":                 # Mistral-style: the message carries the flag
+            body["messages"][-1] = {**body["messages"][-1], "prefix": True}
+        return body
 
     @classmethod
     def field_table(cls, endpoint: str) -> dict[str, Decision]:
@@ -261,6 +295,9 @@ class Adapter:
                 text = text.replace(secret, REDACTED)
         return _TOKENISH.sub(REDACTED, text)
 
+
+# The ways vendors take an assistant prefix to continue (None: not at all).
+CHAT_PREFIX_STYLES = (None, "continue_final_message", "prefix")
 
 REDACTED = "[redacted]"
 # What a vendor's message may echo of a credential: an Authorization value, an sk-/pk- style

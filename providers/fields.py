@@ -73,6 +73,15 @@ PROMPT_SHAPES = frozenset({TEXT, TEXTS, TOKENS, TOKEN_LISTS})
 ONE_OF = {TEXTS: TEXT, TOKEN_LISTS: TOKENS}   # a batch, and the shape of each of its prompts
 
 
+# What an adapter can do beyond taking a field, per endpoint: what resume and hedging ask of
+# a target before sending it anything (Adapter.capabilities), rendered as the README's table.
+CHAT_PREFIX = "chat_prefix"       # continues a trailing assistant message (a chat stream's resume)
+TEXT_PROMPT = "text_prompt"       # a completions prompt as one string (a completion's resume)
+TOKEN_PROMPTS = "token_prompts"   # a completions prompt of token ids
+MANY_CHOICES = "n"                # `n` > 1 answered in one call
+CAPABILITIES = (CHAT_PREFIX, TEXT_PROMPT, TOKEN_PROMPTS, MANY_CHOICES)
+
+
 def prompt_shape(prompt: Any) -> str:
     """Which of PROMPT_SHAPES a (validated) prompt is."""
     if isinstance(prompt, str):
@@ -151,6 +160,38 @@ def render(tables: Mapping[str, Mapping[str, Mapping[str, Decision]]]) -> str:
                 cells.append("; ".join(f"{ep}: {text}" for ep, text in per.items()))
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+CAPABILITY_ROWS = (
+    (CHAT_PREFIX, "continues a chat's partial answer (resume of a chat stream)"),
+    (TEXT_PROMPT, "takes a completions prompt as one string (resume of a completion)"),
+    (TOKEN_PROMPTS, "takes a completions prompt of token ids"),
+    (MANY_CHOICES, "answers `n` > 1 in one call"),
+)
+
+
+def render_capabilities(cells: Mapping[str, Mapping[str, str]]) -> str:
+    """The README's capability × vendor table from `capability_cells()`."""
+    kinds = list(cells)
+    lines = ["| capability | " + " | ".join(kinds) + " |", "| --- |" + " --- |" * len(kinds)]
+    for name, what in CAPABILITY_ROWS:
+        lines.append(f"| `{name}`: {what} | " + " | ".join(cells[kind][name] for kind in kinds) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def capability_cells() -> dict[str, dict[str, str]]:
+    """Per kind and capability: the endpoints it holds on, or the provider option that turns it on."""
+    from providers import REGISTRY
+    out: dict[str, dict[str, str]] = {}
+    for kind, cls in REGISTRY.items():
+        row = out[kind] = {}
+        for name, _ in CAPABILITY_ROWS:
+            eps = [ep for ep in (COMPLETIONS, CHAT) if name in cls.capabilities(ep)]
+            if not eps and name == CHAT_PREFIX and "chat_prefix" in cls.options_allowed:
+                row[name] = "chat, with `options.chat_prefix`"
+            else:
+                row[name] = "yes" if len(eps) == 2 else eps[0] if eps else "no"
+    return out
 
 
 def tables() -> dict[str, dict[str, dict[str, Decision]]]:

@@ -111,8 +111,12 @@ def record(metrics: Metrics, access_log: AccessLog, ex: Exchange) -> None:
         m.completion_tokens.inc(ex.completion_tokens)
         if ex.cached_tokens:
             m.cached_tokens.inc(ex.cached_tokens)
-    if cost:
-        m.spend.inc(cost)
+    own_cost = cost - sum(p.cost() for p in ex.parts) if ex.parts else cost
+    if own_cost > 0:
+        m.spend.inc(own_cost)
+    for part in ex.parts:   # a resumed stream: each part's tokens and spend on the provider that made them
+        _count_part(metrics, ex, part.provider or "none", part.prompt_tokens, part.completion_tokens,
+                    part.cached_tokens, part.cost())
     if access_log.enabled:
         line = {
             "ts": round(time.time(), 3), "request_id": ex.request_id, "key": ex.key,
@@ -123,6 +127,26 @@ def record(metrics: Metrics, access_log: AccessLog, ex: Exchange) -> None:
             "prompt_tokens": ex.prompt_tokens, "completion_tokens": ex.completion_tokens,
             "cached_tokens": ex.cached_tokens, "cost_usd": round(cost, 8),
         }
+        if ex.parts:   # the token fields above are then the whole stream's
+            line.update(ex.usage_total())
+            del line["total_tokens"]
+            line["cached_tokens"] = ex.cached_tokens + sum(p.cached_tokens for p in ex.parts)
+            line["resumes"] = ex.resumes
+            line["parts"] = [{"provider": p.provider, "prompt_tokens": p.prompt_tokens,
+                              "completion_tokens": p.completion_tokens} for p in ex.parts]
+        if ex.hedge:
+            line["hedge_won_by"] = ex.hedge
         if ex.prompt is not None:
             line["prompt"] = ex.prompt
         access_log.write(line)
+
+
+def _count_part(metrics: Metrics, ex: Exchange, provider: str, prompt: int, completion: int, cached: int,
+                cost: float) -> None:
+    if prompt or completion:
+        metrics.tokens.labels(ex.model, provider, ex.key, "prompt").inc(prompt)
+        metrics.tokens.labels(ex.model, provider, ex.key, "completion").inc(completion)
+        if cached:
+            metrics.tokens.labels(ex.model, provider, ex.key, "cached").inc(cached)
+    if cost > 0:
+        metrics.spend.labels(ex.key, ex.model, provider).inc(cost)

@@ -23,6 +23,28 @@ from router.state import Grant, TargetGrant
 _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 
 
+@dataclass(slots=True)
+class Part:
+    """What one earlier part of a resumed stream used, and who produced (and bills) it."""
+
+    provider: str
+    price: Price | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    def cost(self) -> float:
+        return _cost(self.price, self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+
+def _cost(price: Price | None, prompt: int, completion: int, cached: int) -> float:
+    """USD from a price table (per million tokens)."""
+    if price is None:
+        return 0.0
+    cached = min(cached, prompt) if price.cached_input is not None else 0
+    return ((prompt - cached) * price.input + cached * (price.cached_input or 0.0) + completion * price.output) / 1e6
+
+
 def request_id(given: str | None) -> str:
     """The client's own id when it is safe to log and forward; otherwise a fresh one."""
     if given and _SANE_ID.fullmatch(given):
@@ -61,16 +83,35 @@ class Exchange:
     probes: list[str] = field(default_factory=list)    # targets this request holds a half-open probe slot of
     judged: set[str] = field(default_factory=set)      # targets an attempt gave a health verdict on
     prompt: Any = None            # only with ROUTER_LOG_PROMPTS (debugging): logged, never counted
+    # A resumed stream's earlier parts; the token fields above are then the last part's.
+    parts: list[Part] = field(default_factory=list)
+    resumes: list[str] = field(default_factory=list)   # "from->to" provider of each resume
+    hedge: str | None = None      # "first" or "hedge": which side won a hedged start
 
     def cost(self) -> float:
-        """USD from the serving target's price table (per million tokens) and the reported usage."""
-        price = self.price
-        if price is None:
-            return 0.0
-        cached = min(self.cached_tokens, self.prompt_tokens) if price.cached_input is not None else 0
-        fresh = self.prompt_tokens - cached
-        return (fresh * price.input + cached * (price.cached_input or 0.0)
-                + self.completion_tokens * price.output) / 1e6
+        """USD from each part's target's price table (per million tokens) and its usage."""
+        cost = _cost(self.price, self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+        for part in self.parts:
+            cost += part.cost()
+        return cost
+
+    def used_tokens(self) -> int:
+        """Prompt and completion tokens of every part: what the key's and model's limits settle."""
+        return self.prompt_tokens + self.completion_tokens + sum(p.prompt_tokens + p.completion_tokens
+                                                                 for p in self.parts)
+
+    def end_part(self) -> Part:
+        """The serving part's usage moved to `parts`, for the next part to start from zero."""
+        part = Part(self.provider, self.price, self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+        self.parts.append(part)
+        self.prompt_tokens = self.completion_tokens = self.cached_tokens = 0
+        return part
+
+    def usage_total(self) -> dict[str, int]:
+        """Every part's usage summed, as the client's usage chunk."""
+        prompt = self.prompt_tokens + sum(p.prompt_tokens for p in self.parts)
+        completion = self.completion_tokens + sum(p.completion_tokens for p in self.parts)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def take_usage(self, usage: object) -> None:
         """Token counts as the vendor reported them; anything not a count reads as 0."""

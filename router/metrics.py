@@ -108,6 +108,31 @@ class Metrics:
             ["provider", "reason"],
             registry=r,
         )
+        self.resumes = Counter(
+            "router_resumes_total",
+            "Broken streams continued on another target, by public model and the providers left and "
+            "taken (to_provider=none: no target could continue it). Each is billed by both providers.",
+            ["model", "from_provider", "to_provider"],
+            registry=r,
+        )
+        self.hedges_started = Counter(
+            "router_hedges_started_total",
+            "Streams also started on a second target because no first event came in time, by the hedge's provider.",
+            ["model", "provider"],
+            registry=r,
+        )
+        self.hedges_won = Counter(
+            "router_hedges_won_total",
+            "Hedged starts by the side whose first event came first (first, hedge) and its provider.",
+            ["model", "provider", "side"],
+            registry=r,
+        )
+        self.hedge_wasted_tokens = Counter(
+            "router_hedge_wasted_prompt_tokens_total",
+            "Prompt tokens (estimated) sent to the losing side of a hedge: what its vendor may bill for nothing.",
+            ["provider"],
+            registry=r,
+        )
         self.dropped_fields = Counter(
             "router_dropped_fields_total",
             "Hint-only request fields a provider cannot take, dropped (with a log note) rather than refused.",

@@ -23,10 +23,13 @@ from providers.base import (MAX_ERROR_BODY, Action, Fill, UpstreamError, Unsuppo
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
+from router.hedge import race
 from router.health import CLOSED, TargetHealth
 from router.limits import LimitSpec
 from router.metrics import Metrics
 from router.normalize import Normalized
+from router.onward import Onward
+from router.resume import Resumer, resumable
 from router.retry import retrying
 from router.routes import Target
 from router.state import Grant, SharedState, TargetGrant
@@ -90,15 +93,22 @@ class Proxy:
                         continue
                     if grant.probe:
                         ex.probes.append(target.id)
+                # Resume and hedging go on to the targets after this one; off, nothing is built.
+                group = cand.group
+                onward = (Onward(self, ex, norm, queue[i + 1:], health if round_ == 0 else None, tokens, grant,
+                                 group.resume, group.hedge)
+                          if norm.stream and (group.resume or group.hedge) else None)
                 try:
-                    response = await self._try_target(request, ex, norm, cand, payload, deadline, cap)
-                    ex.target_grant = grant
+                    response = await self._try_target(request, ex, norm, cand, payload, deadline, cap, onward)
+                    ex.target_grant = grant if onward is None else onward.grant
                     return response
                 except UpstreamError as exc:
                     if exc.action is Action.RETURN:
                         raise exc.error from None
                     last, reason = exc.error, exc.reason
                 finally:
+                    if onward is not None:   # a hedge or resume handed this target's grant over
+                        grant = onward.grant
                     if grant is not None and ex.target_grant is not grant:
                         # Abandoned (or the client left): its request counts, its tokens settle
                         # to what the vendor reported, or stay reserved if it answered unreported.
@@ -119,7 +129,8 @@ class Proxy:
         raise last
 
     async def _try_target(self, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
-                          payload: bytes | list[bytes], deadline: float, cap: int) -> web.StreamResponse:
+                          payload: bytes | list[bytes], deadline: float, cap: int,
+                          onward: Onward | None = None) -> web.StreamResponse:
         """One target under the retry policy; raises UpstreamError when it cannot serve."""
         target = cand.target
         ex.model, ex.provider, ex.vendor_model = cand.public, target.provider, target.model
@@ -127,7 +138,7 @@ class Proxy:
         # Fast path: most first attempts succeed, so the retry machinery is only built
         # once one has failed with something worth retrying.
         try:
-            return await self._attempt(request, ex, norm, cand, payload, deadline)
+            return await self._attempt(request, ex, norm, cand, payload, deadline, onward)
         except UpstreamError as exc:
             if exc.action is not Action.RETRY:
                 raise
@@ -139,15 +150,16 @@ class Proxy:
                     # Replay the first failure so the policy counts and waits for it.
                     replay, failed = failed, None
                     raise replay
-                return await self._attempt(request, ex, norm, cand, payload, deadline)
+                return await self._attempt(request, ex, norm, cand, payload, deadline, onward)
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
     def settle(self, ex: Exchange, grant: Grant) -> None:
         """After the answer (a stream's end, or its breaking off): charge real usage, free the
         concurrency slot, record healthy attempts, free the slot of a probe that reached no
         verdict. Sent without waiting: on Redis it rides along with the next batch."""
-        if ex.prompt_tokens or ex.completion_tokens:
-            actual: int | None = ex.prompt_tokens + ex.completion_tokens
+        used = ex.used_tokens()   # every part of a resumed stream
+        if used:
+            actual: int | None = used
         else:
             actual = None if ex.served else 0   # served without usage: keep the reservation
         state = self.state
@@ -172,7 +184,8 @@ class Proxy:
         return before_sleep
 
     async def _attempt(self, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
-                       payload: bytes | list[bytes], deadline: float) -> web.StreamResponse:
+                       payload: bytes | list[bytes], deadline: float, onward: Onward | None = None
+                       ) -> web.StreamResponse:
         target = cand.target
         adapter = target.adapter
         remaining = deadline - time.monotonic()
@@ -199,31 +212,40 @@ class Proxy:
         ended: float | None = None
         resp: aiohttp.ClientResponse | None = None
         try:
-            try:
-                async with Watchdog(hard) as wd:
-                    resp = await self.session.post(adapter.urls[norm.endpoint], data=payload, headers=headers,
-                                                   timeout=timeout)
-                    if resp.status != 200:
-                        raw = await read_body(resp, target.provider, wd, hard, target.idle_timeout_s,
-                                              MAX_ERROR_BODY, cut_ok=True)
-                        raise adapter.map_error(resp.status, resp.headers, raw)
-                    if norm.stream:
-                        opened = await open_stream(adapter, target.provider, resp)
-                    else:
-                        try:
+            if onward is not None and onward.hedge is not None and norm.stream:
+                # The first event from this target or, once it is late, from the next one.
+                cand, resp, opened, started = await race(onward, cand, payload, limit)
+                target = cand.target
+                ex.model, ex.provider, ex.vendor_model, ex.price = cand.public, target.provider, target.model, target.price
+            else:
+                try:
+                    async with Watchdog(hard) as wd:
+                        resp = await self.session.post(adapter.urls[norm.endpoint], data=payload, headers=headers,
+                                                       timeout=timeout)
+                        if resp.status != 200:
                             raw = await read_body(resp, target.provider, wd, hard, target.idle_timeout_s,
-                                                  MAX_ANSWER_BODY)
-                        except asyncio.CancelledError:
-                            # The vendor answered and will bill it: keep what was reserved for it.
-                            ex.served = not wd.expired
-                            raise
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                if resp is not None and isinstance(exc, asyncio.TimeoutError):
-                    # The answer began and then went silent: this target is stuck, try the next.
-                    raise stalled(target.provider) from None
-                raise transport_error(target.provider, exc) from None
+                                                  MAX_ERROR_BODY, cut_ok=True)
+                            raise adapter.map_error(resp.status, resp.headers, raw)
+                        if norm.stream:
+                            opened = await open_stream(adapter, target.provider, resp)
+                        else:
+                            try:
+                                raw = await read_body(resp, target.provider, wd, hard, target.idle_timeout_s,
+                                                      MAX_ANSWER_BODY)
+                            except asyncio.CancelledError:
+                                # The vendor answered and will bill it: keep what was reserved for it.
+                                ex.served = not wd.expired
+                                raise
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    if resp is not None and isinstance(exc, asyncio.TimeoutError):
+                        # The answer began and then went silent: this target is stuck, try the next.
+                        raise stalled(target.provider) from None
+                    raise transport_error(target.provider, exc) from None
             if norm.stream:
-                relayed = await relay_stream(request, ex, norm, cand.public, target, resp, self.metrics, opened)
+                resumer = (Resumer(onward, target) if onward is not None and onward.resume is not None
+                           and resumable(norm.endpoint, norm.body) else None)
+                relayed = await relay_stream(request, ex, norm, cand.public, target, resp, self.metrics, opened,
+                                             resumer)
                 # An attempt's stream latency is its time to first event; a client that left
                 # before the end leaves no verdict on the upstream.
                 ended = relayed.first_event_at

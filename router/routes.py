@@ -92,6 +92,33 @@ class TargetConfig(Strict):
     limits: Limits | None = None
 
 
+class Resume(Strict):
+    """Continue a stream that broke after content went out on the next candidate target."""
+
+    max_resumes: Annotated[int, Field(ge=1, le=5)] = 1
+
+
+class Hedge(Strict):
+    """Start the same stream on the next healthy target when no first event came within
+    `after_ms`, or within `factor` times the target's time-to-first-token EWMA (`after: ttft_p95`)."""
+
+    after_ms: PositiveInt | None = None
+    after: Literal["ttft_p95"] | None = None
+    factor: PositiveFloat = 2.0            # p95 approximated as this multiple of the TTFT EWMA
+    fallback_ms: PositiveInt = 2000        # `after: ttft_p95` for a target with no TTFT yet
+
+    @model_validator(mode="after")
+    def _one(self) -> "Hedge":
+        if (self.after_ms is None) == (self.after is None):
+            raise ValueError("give exactly one of 'after_ms' or 'after: ttft_p95'")
+        return self
+
+    def threshold_s(self, ttft_ewma: float | None) -> float:
+        if self.after_ms is not None:
+            return self.after_ms / 1000
+        return self.factor * ttft_ewma if ttft_ewma else self.fallback_ms / 1000
+
+
 class ModelConfig(Strict):
     targets: Annotated[list[TargetConfig], Field(min_length=1)]
     strategy: str = "fallback"
@@ -100,6 +127,8 @@ class ModelConfig(Strict):
     max_attempts: PositiveInt | None = None
     retry: Retry | None = None
     max_output_tokens: PositiveInt | None = None     # ceiling on a request's max_tokens; else settings'
+    resume: Resume | None = None      # off unless given
+    hedge: Hedge | None = None        # off unless given
 
 
 class Settings(Strict):
@@ -242,6 +271,8 @@ class ModelGroup:
     max_attempts: int
     retry: Retry
     max_output_tokens: int
+    resume: Resume | None = None
+    hedge: Hedge | None = None
 
 
 @dataclass(slots=True)
@@ -316,7 +347,7 @@ def parse(data: Any, source: str = "routes.yaml", environ: dict[str, str] | None
         problems += strategy_problems(f"models.{mname}.strategy", m.strategy, [m])
         groups[mname] = ModelGroup(mname, tuple(targets), m.strategy, limit_spec(m.limits), m.deadline_s or s.deadline_s,
                                    m.max_attempts or s.max_attempts, m.retry or s.retry,
-                                   m.max_output_tokens or s.max_output_tokens)
+                                   m.max_output_tokens or s.max_output_tokens, m.resume, m.hedge)
     keys = None
     if cfg.keys is None:
         warnings.append("no 'keys:' section: the proxy is OPEN, anyone who can reach it may use every model")

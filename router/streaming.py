@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import aiohttp
 import orjson
@@ -27,6 +27,9 @@ from router.normalize import Normalized
 from router.routes import Target
 from router.sse import DONE, encode, event_batches
 from router.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from router.resume import Resumer
 
 log = logging.getLogger("router.stream")
 
@@ -120,7 +123,8 @@ async def first_events(adapter: Adapter, provider: str, resp: aiohttp.ClientResp
 
 
 async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, public: str, target: Target,
-                       resp: aiohttp.ClientResponse, metrics: Metrics, opened: Opened) -> Relayed:
+                       resp: aiohttp.ClientResponse, metrics: Metrics, opened: Opened,
+                       resumer: Resumer | None = None) -> Relayed:
     adapter = target.adapter
     provider = target.provider
     endpoint = norm.endpoint
@@ -140,12 +144,32 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     metrics.ttft.labels(public, provider).observe(ex.ttft_s)
     reported = False
     estimate = 0   # completion tokens relayed, estimated from their text: charged if usage never comes
+    prompt_estimate = norm.prompt_tokens
 
     fill = Fill.new(endpoint)
+    # Resume bookkeeping, only with a resumer: the text relayed (one choice), whether it
+    # finished or turned into tool calls; and, once resumed, the first part's id and created.
+    said: list[str] | None = [] if resumer is not None else None
+    finished = False
+    same: tuple[Any, Any] | None = None
+    continued = False
+
+    def track(c: dict[str, Any]) -> None:
+        nonlocal finished
+        if c.get("finish_reason") or c.get("index", 0) != 0:
+            finished = True
+        delta = c.get("delta")
+        if isinstance(delta, dict) and delta.get("tool_calls"):
+            finished = True   # a tool call is not continued as text
 
     def shape(o: dict[str, Any]) -> bytes | None:
-        nonlocal reported, estimate
+        nonlocal reported, estimate, same
         adapter.openai_chunk(endpoint, o, fill)
+        if said is not None:
+            if same is None:
+                same = (o["id"], o["created"])
+            elif continued:
+                o["id"], o["created"] = same
         o["model"] = public
         o["provider"] = provider
         for c in o.get("choices") or ():
@@ -154,72 +178,110 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                 text = c["delta"].get("content")
             if isinstance(text, str) and text:
                 estimate += (len(text) + 3) // 4
+                if said is not None:
+                    said.append(text)
+            if said is not None and isinstance(c, dict):
+                track(c)
         if "usage" in o:
             usage = o["usage"]
             if usage:
                 ex.take_usage(usage)
                 reported = True
+                if ex.parts:
+                    o["usage"] = ex.usage_total()
             if not keep_usage:
                 if not o.get("choices"):
                     return None
                 del o["usage"]
         return encode(o)
 
+    def end_part() -> None:
+        """The serving part's usage, where its vendor never reported it: what was surely used."""
+        if not reported:
+            ex.prompt_tokens = prompt_estimate
+            ex.completion_tokens = max(ex.completion_tokens, estimate)
+
     # From here on the stream is the client's: whatever happens upstream ends it with an
     # error event and [DONE], never an exception that would leave the client hanging. One
     # watchdog bounds both sides: the upstream's silence between events, and a write the
     # client leaves unread (a client that stopped reading must not hold the stream forever).
     failure: RouterError | None = None
+    first_failure: RouterError | None = None
     done = False
     gone = False
+    live = True   # the serving part's usage is still to be counted
     loop = asyncio.get_running_loop()
-    wd = Watchdog(loop.time() + idle)
     try:
-        try:
-            async with wd:
-                first_out = shape(opened.first)
-                rest: list[bytes] = opened.batch[1:]   # events that came in the same read
-                while True:
-                    out = [first_out] if first_out else []
-                    first_out = None
-                    for data in rest:
-                        if data == b"[DONE]":
-                            done = True
+        first_obj: dict[str, Any] = opened.first
+        rest: list[bytes] = opened.batch[1:]   # events that came in the same read
+        while True:
+            wd = Watchdog(loop.time() + idle)
+            try:
+                async with wd:
+                    first_out = shape(first_obj)
+                    while True:
+                        out = [first_out] if first_out else []
+                        first_out = None
+                        for data in rest:
+                            if data == b"[DONE]":
+                                done = True
+                                break
+                            obj = load_event(data)
+                            if obj is None:
+                                failure = broken_stream(provider, "sent a stream event that is not JSON", "upstream_bad_response")
+                                break
+                            if "error" in obj:
+                                failure = adapter.map_error(500, {}, data).error
+                                break
+                            chunk = shape(obj)
+                            if chunk:
+                                out.append(chunk)
+                        if out:   # one write per upstream read, however many events it carried
+                            wd.phase = "client"
+                            await response.write(out[0] if len(out) == 1 else b"".join(out))
+                            wd.phase = "upstream"
+                        if done or failure is not None:
                             break
-                        obj = load_event(data)
-                        if obj is None:
-                            failure = broken_stream(provider, "sent a stream event that is not JSON", "upstream_bad_response")
+                        nxt = await anext(upstream, None)
+                        if nxt is None:
                             break
-                        if "error" in obj:
-                            failure = adapter.map_error(500, {}, data).error
-                            break
-                        chunk = shape(obj)
-                        if chunk:
-                            out.append(chunk)
-                    if out:   # one write per upstream read, however many events it carried
-                        wd.phase = "client"
-                        await response.write(out[0] if len(out) == 1 else b"".join(out))
-                        wd.phase = "upstream"
-                    if done or failure is not None:
-                        break
-                    nxt = await anext(upstream, None)
-                    if nxt is None:
-                        break
-                    wd.when = loop.time() + idle
-                    rest = nxt
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            raise
-        except asyncio.TimeoutError:
-            if wd.phase == "client":
-                raise ClientStalled() from None
-            failure = broken_stream(provider, f"sent nothing for {idle:g}s", "upstream_stream_interrupted")
-        except aiohttp.ClientError as exc:
-            failure = broken_stream(provider, f"broke off ({type(exc).__name__})", "upstream_stream_interrupted")
-        except Exception as exc:  # a malformed event, an over-long line: still the vendor's fault
-            log.warning("unreadable stream from %s: %r", provider, exc, extra={"request_id": ex.request_id})
-            failure = broken_stream(provider, "sent a stream the proxy could not read", "upstream_bad_response")
-        if failure is None and not done:
-            failure = broken_stream(provider, "ended without [DONE]", "upstream_stream_interrupted")
+                        wd.when = loop.time() + idle
+                        rest = nxt
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                raise
+            except asyncio.TimeoutError:
+                if wd.phase == "client":
+                    raise ClientStalled() from None
+                failure = broken_stream(provider, f"sent nothing for {idle:g}s", "upstream_stream_interrupted")
+            except aiohttp.ClientError as exc:
+                failure = broken_stream(provider, f"broke off ({type(exc).__name__})", "upstream_stream_interrupted")
+            except Exception as exc:  # a malformed event, an over-long line: still the vendor's fault
+                log.warning("unreadable stream from %s: %r", provider, exc, extra={"request_id": ex.request_id})
+                failure = broken_stream(provider, "sent a stream the proxy could not read", "upstream_bad_response")
+            if failure is None and not done:
+                failure = broken_stream(provider, "ended without [DONE]", "upstream_stream_interrupted")
+            if first_failure is None and not continued:
+                first_failure = failure
+            if failure is None or resumer is None or finished:
+                break
+            # The upstream broke after content went out: go on from the next target, if one can.
+            log.warning("stream from %s broke after commit: %s; resuming", provider, failure.message,
+                        extra={"request_id": ex.request_id})
+            resp.close()
+            end_part()
+            live = False
+            nxt_part = await resumer.next("".join(said or ()), provider)
+            if nxt_part is None:
+                break
+            live, continued, failure, reported, estimate = True, True, None, False, 0
+            prompt_estimate = norm.prompt_tokens + sum(p.completion_tokens for p in ex.parts)
+            cand = nxt_part.cand
+            adapter, provider, resp = cand.target.adapter, cand.target.provider, nxt_part.resp
+            idle, upstream = cand.target.idle_timeout_s, nxt_part.opened.upstream
+            first_obj, rest = nxt_part.opened.first, nxt_part.opened.batch[1:]
+            for c in first_obj.get("choices") or ():   # the client had the role already
+                if isinstance(c, dict) and isinstance(c.get("delta"), dict):
+                    c["delta"].pop("role", None)
         tail = DONE
         if ex.draining:
             failure = RouterError(503, "The proxy is shutting down and ended this stream; retry the request.",
@@ -252,11 +314,12 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     finally:
         ex.upstream = None
         ex.upstream_s += time.monotonic() - first_at
-        if not reported and not done:
+        if live and not done:
             # Abandoned or broken before the vendor's usage came: charge what was surely used.
-            ex.prompt_tokens = norm.prompt_tokens
-            ex.completion_tokens = max(ex.completion_tokens, estimate)
-    return Relayed(response, first_at, failure is not None, gone)
+            end_part()
+        if resumer is not None:
+            resumer.finish(failure is not None, gone)
+    return Relayed(response, first_at, first_failure is not None, gone)
 
 
 class ClientStalled(Exception):

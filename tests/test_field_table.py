@@ -86,3 +86,12 @@ def test_readme_field_table_is_the_adapters_own():
     assert found, "README.md lost its field table markers"
     assert found.group(1) == render(tables()), (
         "README's field table differs from the adapters'; paste the output of `python -m providers`")
+
+
+def test_readme_capability_table_is_the_adapters_own():
+    from providers.fields import capability_cells, render_capabilities
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"<!-- capability-table:start -->\n(.*?)<!-- capability-table:end -->", text, re.S)
+    assert found, "README.md lost its capability table markers"
+    assert found.group(1) == render_capabilities(capability_cells()), (
+        "README's capability table differs from the adapters'; paste `python -m providers capabilities`")

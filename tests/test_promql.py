@@ -65,6 +65,9 @@ REPRESENTATIVE = {
     "reason": ["http_503"],
     "target": ["cogito/kimi-k2"],
     "op": ["incr"],
+    "from_provider": ["cogito"],
+    "to_provider": ["nebius", "none"],
+    "side": ["first", "hedge"],
 }
 
 
@@ -287,6 +290,18 @@ def test_dashboard_shows_every_metric(metrics_target: tuple[str, Metrics]) -> No
         if not names & on_dashboard:
             missing.append(family.name)
     assert not missing, f"add a panel to deploy/grafana/dashboards/router.json for: {missing}"
+
+
+def test_resume_and_hedge_panels_name_existing_metrics() -> None:
+    """The resume/hedge row shows resumes by provider pair, hedges started and won, and their
+    cost, each from a metric router/metrics.py defines (no Prometheus needed for this one)."""
+    defined = {m._name + ("_total" if isinstance(m, Counter) else "")
+               for m in vars(Metrics(registry=None)).values() if isinstance(m, MetricWrapperBase)}
+    named = {name for pid, expr, _ in dashboard_queries() if pid.startswith(("panel:Resumes", "panel:Hedge"))
+             for name in metric_names_in(expr)}
+    assert {"router_resumes_total", "router_hedges_started_total", "router_hedges_won_total",
+            "router_hedge_wasted_prompt_tokens_total"} <= named
+    assert named <= defined, f"unknown metrics on the dashboard: {named - defined}"
 
 
 def test_alert_rules_load_and_evaluate(prom: Prometheus) -> None:

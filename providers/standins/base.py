@@ -75,9 +75,14 @@ class Fail:
 
 @dataclass
 class BreakStream:
-    """Send `after` content events, then drop the TCP connection without `[DONE]`."""
+    """Send `after` content events, then drop the TCP connection without `[DONE]`; with
+    `mid_char`, first the next event's bytes up to the middle of its first multi-byte character.
+    `text` and `chunks` shape the answer as `Reply`'s do (the default text when None)."""
 
     after: int = 3
+    mid_char: bool = False
+    text: str | None = None
+    chunks: int | None = None
 
 
 @dataclass

@@ -103,9 +103,9 @@ class StandinServer:
             return await self.fault(request, call, step, reply,
                                     self.dialect.answers(call, [t or reply.text for t in texts]))
         if isinstance(step, BreakStream):
-            reply = Reply(chunks=max(step.after + 1, Reply.chunks))
-            answers = self.dialect.answers(call, [t or reply.text for t in texts])
-            return await self.cut(request, call, reply, answers, step.after)
+            reply = Reply(chunks=step.chunks or max(step.after + 1, Reply.chunks))
+            answers = self.dialect.answers(call, [t or step.text or reply.text for t in texts])
+            return await self.cut(request, call, reply, answers, step.after, step.mid_char)
         if step.delay:
             await asyncio.sleep(step.delay)
         answers = self.dialect.answers(call, [t or step.text for t in texts])
@@ -245,7 +245,8 @@ class StandinServer:
         return resp
 
     async def cut(
-        self, request: web.Request, call: Call, reply: Reply, answers: list[Answer], after: int
+        self, request: web.Request, call: Call, reply: Reply, answers: list[Answer], after: int,
+        mid_char: bool = False,
     ) -> web.StreamResponse:
         """Answer part of the response, then close the TCP connection under the client.
 
@@ -254,8 +255,13 @@ class StandinServer:
         """
         if call.stream:
             resp = await self._open_stream(request, call, reply)
-            for event in self.events(call, reply, answers)[:after]:
+            events = self.events(call, reply, answers)
+            for event in events[:after]:
                 await self._send(request, resp, event)
+            if mid_char and after < len(events):
+                raw = b"data: " + orjson.dumps(events[after]) + b"\n\n"
+                cut = next(i for i, byte in enumerate(raw) if byte >= 0xC0) + 1   # a lead byte, not its tail
+                await resp.write(raw[:cut])
         else:
             payload = orjson.dumps(self.dialect.success(call, reply, answers))
             resp = web.StreamResponse(status=200, headers=self.dialect.headers(call, reply))
