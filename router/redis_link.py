@@ -28,8 +28,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from hiredis import pack_command
-from redis.exceptions import ConnectionError, NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from router.redis_wire import Wire, open_wire, wire_target
 from router.state import StateSettings
 
 if TYPE_CHECKING:
@@ -97,6 +98,10 @@ class RedisLink:
         self._backoff, self._retry_at, self._up_since = settings.reconnect_min_s, 0.0, 0.0
         self._probe_task: asyncio.Task[None] | None = None
         self._cluster_ready, self._init_lock = False, asyncio.Lock()
+        # plain redis:// goes over one pipelined connection of our own (redis_wire.py); TLS,
+        # sockets and Cluster go through redis-py
+        self._wire_at = None if self.cluster else wire_target(url)
+        self._wire: Wire | None = None
 
     # ---- calls ----------------------------------------------------------------------
     def available(self) -> bool:
@@ -169,44 +174,29 @@ class RedisLink:
         return replies
 
     async def _run(self, batch: Sequence[Command], sha: bool) -> list[Any]:
-        if not self.cluster:
-            try:
-                return await self._run_raw(batch, sha)
-            except ConnectionError:  # a pooled connection Redis closed (restarted): once more, fresh
-                return await self._run_raw(batch, sha)
+        verb = "EVALSHA" if sha else "EVAL"
+        code = self._shas if sha else self._scripts
+        if self._wire_at is not None:
+            # plain redis://: the whole batch packed in C and written at once on one connection
+            wire = await self._connected()
+            packed = b"".join([pack_command((verb, code[c.name], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
+                               for c in batch])
+            return await wire.send(packed, len(batch))
         pipe: Any = self.client.pipeline(transaction=False)
         # execute_command: a Cluster pipeline refuses its own evalsha method, not the command
         for c in batch:
-            if sha:
-                pipe.execute_command("EVALSHA", self._shas[c.name], len(c.keys), *c.keys, *c.args)
-            else:
-                pipe.execute_command("EVAL", self._scripts[c.name], len(c.keys), *c.keys, *c.args)
+            pipe.execute_command(verb, code[c.name], len(c.keys), *c.keys, *c.args)
         return list(await pipe.execute(raise_on_error=False))
 
-    async def _run_raw(self, batch: Sequence[Command], sha: bool) -> list[Any]:
-        """Standalone: the batch packed in C (hiredis) and written at once on one pooled
-        connection, replies read in order; redis-py's pipeline packs each argument in Python."""
-        verb = "EVALSHA" if sha else "EVAL"
-        code = self._shas if sha else self._scripts
-        packed = b"".join([pack_command((verb, code[c.name], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
-                           for c in batch])
-        client: Any = self.client
-        pool = client.connection_pool
-        conn = await pool.get_connection()
-        try:
-            await conn.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            for _ in batch:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as e:
-                    replies.append(e)
-        except BaseException:
-            await conn.disconnect()  # replies may be left unread: never hand it out again
-            raise
-        finally:
-            await pool.release(conn)
-        return replies
+    async def _connected(self) -> Wire:
+        wire = self._wire
+        if wire is None or wire.lost:
+            async with self._init_lock:
+                wire = self._wire
+                if wire is None or wire.lost:
+                    assert self._wire_at is not None
+                    wire = self._wire = await open_wire(*self._wire_at)
+        return wire
 
     async def _init_cluster(self) -> None:
         if self.cluster and not self._cluster_ready:
@@ -310,4 +300,6 @@ class RedisLink:
         if self._pending:
             log.warning("shutting down with %d settle(s) Redis never received: their spend and token "
                         "counts are lost", len(self._pending))
+        if self._wire is not None:
+            self._wire.close()
         await self.client.aclose()
