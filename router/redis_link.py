@@ -60,6 +60,18 @@ class Command:
         self.fut, self.orphan, self.replay = fut, orphan, replay
 
 
+def _merge_settles(batch: list[Command]) -> list[Command]:
+    """Settles nobody waits for, of every request in the batch, as one script call: the settle
+    script takes any number of ops (standalone only: in Cluster their keys span slots)."""
+    loose = [c for c in batch if c.name == "settle" and c.fut is None]
+    if len(loose) < 2:
+        return batch
+    keys = [k for c in loose for k in c.keys]
+    args = [str(sum(int(c.args[0]) for c in loose)), *(a for c in loose for a in c.args[1:])]
+    kept = [c for c in batch if not (c.name == "settle" and c.fut is None)]
+    return [*kept, Command("settle", "settle", keys, args, None, None, True)]
+
+
 def make_client(url: str, s: StateSettings) -> tuple[Redis | RedisCluster, bool]:
     """(client, is_cluster) for redis://, rediss://, redis-cluster://, ...?cluster=true.
     One immediate retry inside redis-py, for a pooled connection that went stale (Redis
@@ -135,6 +147,8 @@ class RedisLink:
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []
+        if not self.cluster:
+            batch = _merge_settles(batch)
         if batch:
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._sending.add(task)

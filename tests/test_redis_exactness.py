@@ -145,3 +145,21 @@ async def test_settles_still_queued_at_shutdown_are_logged(
     with caplog.at_level(logging.WARNING, logger="router.state"):
         await s.close()
     assert "1 settle(s) Redis never received" in caplog.text
+
+
+async def test_settles_of_one_loop_iteration_all_land_though_sent_as_one_call(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_server_factory()
+    s = create_state(server.url, StateSettings(redis_timeout_s=2.0))
+    a = Admission("team-a", LimitSpec(concurrent=20, tpm=2_100), None, "gpt-x", None, 100)
+    try:
+        grants = [(await s.admit(a, []))[0] for _ in range(20)]  # 2,000 tokens reserved, every slot taken
+        for g in grants:
+            s.settle_soon(g, None, 10, 0.0)  # one iteration: merged into one settle script
+        await asyncio.sleep(0.2)
+        # every slot back, and each reservation down to 10 tokens: 200 + 19 x 100 fits in 2,100
+        assert all([await admitted(s, a) for _ in range(19)])
+        assert not await admitted(s, a)
+    finally:
+        await s.close()
