@@ -7,7 +7,7 @@ the proxy falls over to a target that takes them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from providers.base import Adapter, _str
 from providers.fields import CHAT, COMPLETIONS, TEXT, chat_like
@@ -27,7 +27,7 @@ class PoolsideAdapter(Adapter):
     paths = {Endpoint.COMPLETIONS: "/openai/v1/completions", Endpoint.CHAT: "/openai/v1/chat/completions"}
     # The chat path is not in Poolside's pages: assumed OpenAI's, taking what its completions take.
     takes = {COMPLETIONS: _COMPLETION_FIELDS, CHAT: chat_like(_COMPLETION_FIELDS)}
-    renames: dict[str, dict[str, str]] = {}
+    renames: ClassVar[dict[str, dict[str, str]]] = {}
     prompt_shapes = frozenset({TEXT})
     translates = {COMPLETIONS: {"prompt": "a list: one call per prompt; token ids refused", "stop": _STOP},
                   CHAT: {"stop": _STOP}}

@@ -34,7 +34,8 @@ async def race(onward: Onward, cand: Candidate, payload: bytes, limit: float) ->
     h = onward.health.get(cand.target.id) if onward.health else None
     threshold = onward.hedge.threshold_s(h.ttft_ewma if h is not None else None)
     started = time.monotonic()
-    first = asyncio.ensure_future(open_events(proxy.session, ex, cand.target, norm.endpoint, payload, limit))
+    first: asyncio.Future[tuple[aiohttp.ClientResponse, Opened]] = asyncio.ensure_future(
+        open_events(proxy.session, ex, cand.target, norm.endpoint, payload, limit))
     tasks: dict[asyncio.Future[tuple[aiohttp.ClientResponse, Opened]], tuple[Candidate, float, TargetGrant | None]] = {
         first: (cand, started, onward.grant)}
     try:

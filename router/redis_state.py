@@ -27,13 +27,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from router.health import BUCKETS, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, HEALTHY, CircuitRecord, TargetHealth
+from router.health import BUCKETS, HEALTHY, CircuitRecord, TargetHealth
 from router.limits import (
-    BUDGET_KINDS, CONCURRENT, DAILY_USD, LUA_ADMIT, LUA_SETTLE, RPM, TPM, WINDOW_S, Admission, BudgetPeriods, Check,
-    LimitExceeded, LimitSpec, Usage, headers_for, plan_checks, state_unavailable, target_checks, to_micro,
+    BUDGET_KINDS, CONCURRENT, DAILY_USD, RPM, TPM, WINDOW_S, Admission, BudgetPeriods, Check, LimitExceeded, LimitSpec,
+    Usage, headers_for, plan_checks, state_unavailable, target_checks, to_micro,
 )
 from router.memory_state import MemoryState
 from router.redis_link import RedisLink, Unavailable
+from router.redis_scripts import LUA_ADMIT, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE
 from router.state import Grant, Rids, StateSettings, TargetGrant, count_rejection, log_transition, set_circuit
 
 if TYPE_CHECKING:

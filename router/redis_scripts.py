@@ -1,0 +1,263 @@
+"""The Redis backend's Lua scripts: the rules of limits.py and health.py, run atomically in Redis.
+
+Each script is the same decision the in-process backend (memory_state.py, health.py's
+CircuitRecord) makes in Python; the shared test suite runs both, so a change to one is made
+to the other. redis_state.py composes them (SCRIPTS) and redis_link.py sends them.
+"""
+
+# ---- health: CircuitRecord's rules (health.py) ------------------------------------------
+
+# A target's health summary (the error window summed in Lua, so a reply is 9 values, not
+# the whole hash; tt last so the indices of the others stay put) and the half-open probe claim: CircuitRecord.claim_probe.
+LUA_PRELUDE = """
+local function summary(h, cur, nb)
+  local f = {'st', 'oa', 'cf', 'ew', 'pb', 'pw', 'tt'}
+  for j = 0, nb - 1 do f[#f + 1] = 'i' .. j; f[#f + 1] = 'n' .. j; f[#f + 1] = 'e' .. j end
+  local v = redis.call('HMGET', h, unpack(f))
+  local n, e = 0, 0
+  for j = 0, nb - 1 do
+    local i = tonumber(v[8 + 3 * j])
+    if i and i > cur - nb and i <= cur then n, e = n + tonumber(v[9 + 3 * j]), e + tonumber(v[10 + 3 * j]) end
+  end
+  return {v[1] or 'closed', v[2] or '0', v[3] or '0', v[4] or '', v[5] or '0', v[6] or '0', n, e, v[7] or ''}
+end
+local function probe(h, nows, cooldown, probes, apply)
+  local st, oa, pb, pw = unpack(redis.call('HMGET', h, 'st', 'oa', 'pb', 'pw'))
+  local now = tonumber(nows)
+  st = st or 'closed'
+  local eff = st
+  if st == 'open' and now - tonumber(oa or '0') >= cooldown then eff = 'half_open' end
+  if eff == 'closed' then return 1 end
+  if eff == 'open' then return 0 end
+  pb, pw = tonumber(pb or '0'), pw or '0'
+  if st ~= 'half_open' or now - tonumber(pw) >= cooldown then pb, pw = 0, nows end
+  if pb >= probes then return 0 end
+  if apply then redis.call('HSET', h, 'st', 'half_open', 'pw', pw, 'pb', pb + 1) end
+  return 2
+end
+"""
+
+# The current time for a script: the caller's clock when it passes one (tests move it),
+# else Redis's own TIME, so every replica's windows and cooldowns share one clock.
+LUA_NOW = """
+local function clock(given)
+  if given ~= '' then return given end
+  local t = redis.call('TIME')
+  return t[1] .. '.' .. string.format('%06d', t[2])
+end
+"""
+
+# KEYS: health hashes; ARGV: now, error bucket width s, #buckets. Returns {now, {summary}*}.
+LUA_HEALTH = """
+local nows = clock(ARGV[1])
+local cur = math.floor(tonumber(nows) / tonumber(ARGV[2]))
+local out = {}
+for i = 1, #KEYS do out[i] = summary(KEYS[i], cur, tonumber(ARGV[3])) end
+return {nows, out}
+"""
+
+# KEYS[1]: health hash. ARGV: now, ok ('1', '0', or '' for no verdict), latency, alpha,
+# failure threshold, error-rate threshold, min samples, cooldown, error bucket width s,
+# #buckets, ttl, stream, probe. CircuitRecord.record (and release_probe for no verdict).
+LUA_RECORD = """
+local h, nows = KEYS[1], clock(ARGV[1])
+local now, ok, lat = tonumber(nows), ARGV[2] == '1', tonumber(ARGV[3])
+local alpha, fth, rth, mins = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local cool, nb = tonumber(ARGV[8]), tonumber(ARGV[10])
+local cur = math.floor(now / tonumber(ARGV[9]))
+local lf, is_probe = ARGV[12] == '1' and 'tt' or 'ew', ARGV[13] == '1'
+local st, oa, cf, avg, pb = unpack(redis.call('HMGET', h, 'st', 'oa', 'cf', lf, 'pb'))
+st, cf = st or 'closed', tonumber(cf or '0')
+local before = st
+if st == 'open' and now - tonumber(oa or '0') >= cool then before = 'half_open' end
+if ARGV[2] == '' then
+  if is_probe and st == 'half_open' and tonumber(pb or '0') > 0 then redis.call('HINCRBY', h, 'pb', -1) end
+  return {before, before}
+end
+if ok and lat then
+  avg = tonumber(avg)
+  if avg then avg = alpha * lat + (1 - alpha) * avg else avg = lat end
+  redis.call('HSET', h, lf, string.format('%.6f', avg))
+end
+local k = cur % nb
+local bi, bn, be = unpack(redis.call('HMGET', h, 'i' .. k, 'n' .. k, 'e' .. k))
+if tonumber(bi) ~= cur then bn, be = 0, 0 end
+if ok then cf = 0 else cf = cf + 1 end
+redis.call('HSET', h, 'i' .. k, cur, 'n' .. k, tonumber(bn) + 1, 'e' .. k, tonumber(be) + (ok and 0 or 1), 'cf', cf)
+local after = before
+if before == 'half_open' and not is_probe then
+  after = before
+elseif before == 'half_open' and ok then
+  after = 'closed'
+  redis.call('HSET', h, 'st', 'closed', 'cf', 0, 'pb', 0)
+  for j = 0, nb - 1 do redis.call('HDEL', h, 'i' .. j, 'n' .. j, 'e' .. j) end
+elseif not ok and before ~= 'open' then
+  local s = summary(h, cur, nb)
+  if before == 'half_open' or cf >= fth or (s[7] >= mins and s[8] / s[7] >= rth) then
+    after = 'open'
+    redis.call('HSET', h, 'st', 'open', 'oa', nows, 'pb', 0)
+  end
+end
+redis.call('PEXPIRE', h, ARGV[11])
+return {before, after}
+"""
+
+
+# ---- limits: MemoryState._try's rules (memory_state.py): evaluate every check, then charge
+# all or none ----------------------------------------------------------------------------
+
+# KEYS: each check's keys (tpm: time zset + amounts hash + ledger zset; others one), then
+# health hashes (or the one to claim a probe on). ARGV: now ('' = Redis's own TIME, so every
+# replica's windows share one clock), rid, window ms, lease ms, #checks, probe mode, cooldown,
+# probes, error bucket width s, #buckets, then kind/limit/amount per check.
+# Returns {1, {remaining, reset_ms}*, {summary}*, probe, now} or {0, check# (0: probe), retry_ms, reset_ms}.
+# tpm's ledger scores each entry by the running total reserved before it, so the moment
+# enough tokens leave the window is one range lookup (O(log n)), not a walk of the window;
+# it counts reserved amounts, so after settles shrank them the retry hint may come early.
+LUA_ADMIT = """
+local nows, rid = clock(ARGV[1]), ARGV[2]
+local now, win_ms, lease_ms, n = tonumber(nows), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local probing, cooldown, probes = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8])
+local width, nb, W = tonumber(ARGV[9]), tonumber(ARGV[10]), win_ms / 1000
+local cur = math.floor(now / width)
+local cutoff = string.format('%.6f', now - W)
+local lease = string.format('%.6f', now + lease_ms / 1000)
+local function used_tokens(z, h, l)
+  local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
+  if #old > 0 then
+    local sub = 0
+    for i = 1, #old, 500 do
+      local chunk = {unpack(old, i, math.min(i + 499, #old))}
+      for _, a in ipairs(redis.call('HMGET', h, unpack(chunk))) do if a then sub = sub + tonumber(a) end end
+      redis.call('HDEL', h, unpack(chunk))
+      redis.call('ZREM', l, unpack(chunk))
+    end
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
+    if sub ~= 0 then redis.call('HINCRBY', h, '_', -sub) end
+  end
+  return tonumber(redis.call('HGET', h, '_') or '0')
+end
+local function until_ms(score) return math.max(1, math.ceil((tonumber(score) + W - now) * 1000)) end
+local function reset_ms(z)
+  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+  if #first == 0 then return 0 end
+  return until_ms(first[2])
+end
+local function retry_ms(kind, z, l, used, amount, limit)
+  if kind == 'concurrent' then return 1000 end
+  if amount > limit then return win_ms end
+  local excess = used + amount - limit
+  if kind == 'rpm' then
+    local e = redis.call('ZRANGE', z, excess - 1, excess - 1, 'WITHSCORES')
+    if #e == 0 then return win_ms end
+    return until_ms(e[2])
+  end
+  local first = redis.call('ZRANGE', l, 0, 0, 'WITHSCORES')
+  if #first == 0 then return win_ms end
+  local e = redis.call('ZREVRANGEBYSCORE', l, '(' .. string.format('%d', tonumber(first[2]) + excess), '-inf', 'LIMIT', 0, 1)
+  if #e == 0 then return win_ms end
+  local t = redis.call('ZSCORE', z, e[1])
+  if not t then return win_ms end
+  return until_ms(t)
+end
+local plan, ki, ai = {}, 1, 11
+for c = 1, n do
+  local kind, limit, amount = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+  ai = ai + 3
+  local z, h, l = KEYS[ki], false, false
+  ki = ki + 1
+  if kind == 'tpm' then h, l = KEYS[ki], KEYS[ki + 1]; ki = ki + 2 end
+  local used
+  if kind == 'rpm' then
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
+    used = redis.call('ZCARD', z)
+  elseif kind == 'tpm' then
+    used = used_tokens(z, h, l)
+  elseif kind == 'concurrent' then
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', nows)
+    used = redis.call('ZCARD', z)
+  else
+    used = tonumber(redis.call('GET', z) or '0')
+    if used >= limit then return {0, c, -1, 0} end
+  end
+  if used + amount > limit then
+    local r = 0
+    if kind ~= 'concurrent' then r = reset_ms(z) end
+    return {0, c, retry_ms(kind, z, l, used, amount, limit), r}
+  end
+  plan[c] = {kind, z, h, l, amount, limit - used - amount}
+end
+if probing and probe(KEYS[ki], nows, cooldown, probes, false) == 0 then return {0, 0, 0, 0} end
+local usages = {}
+for c = 1, n do
+  local kind, z, h, l, amount, left = unpack(plan[c])
+  local reset = 0
+  if kind == 'rpm' or kind == 'tpm' then
+    redis.call('ZADD', z, nows, rid)
+    redis.call('PEXPIRE', z, win_ms)
+    if h then
+      redis.call('HSET', h, rid, amount)
+      redis.call('HINCRBY', h, '_', amount)
+      local total = redis.call('HINCRBY', h, '#', amount)
+      redis.call('PEXPIRE', h, win_ms)
+      redis.call('ZADD', l, total - amount, rid)
+      redis.call('PEXPIRE', l, win_ms)
+    end
+    reset = reset_ms(z)
+  elseif kind == 'concurrent' then
+    redis.call('ZADD', z, lease, rid)
+    redis.call('PEXPIRE', z, lease_ms)
+  end
+  usages[c] = {left, reset}
+end
+local health, claimed = {}, 0
+if probing then
+  claimed = probe(KEYS[ki], nows, cooldown, probes, true)
+else
+  for i = ki, #KEYS do health[#health + 1] = summary(KEYS[i], cur, nb) end
+end
+return {1, usages, health, claimed, nows}
+"""
+
+# KEYS: each op's keys; ARGV: #ops, then kind/rid/a/b per op: tpm -> tokens a ("refund"
+# drops the entry), rpm/concurrent -> drop the entry, spend (keys: day, month, a marker per
+# reservation) -> INCRBY a on both, once per reservation however often replayed; b is the
+# day's TTL (ms), the month's is 21 times it; lease (a concurrency slot still in use) -> its
+# deadline moved to now ('' b: Redis's TIME) + a ms, if it is still held.
+LUA_SETTLE = """
+local ki, ai = 1, 2
+for c = 1, tonumber(ARGV[1]) do
+  local kind, rid, a, b = ARGV[ai], ARGV[ai + 1], ARGV[ai + 2], ARGV[ai + 3]
+  local z = KEYS[ki]
+  ai, ki = ai + 4, ki + 1
+  if kind == 'tpm' then
+    local h, l = KEYS[ki], KEYS[ki + 1]
+    ki = ki + 2
+    local cur = redis.call('HGET', h, rid)
+    if cur and a == 'refund' then
+      redis.call('ZREM', z, rid)
+      redis.call('ZREM', l, rid)
+      redis.call('HDEL', h, rid)
+      redis.call('HINCRBY', h, '_', -tonumber(cur))
+    elseif cur then
+      redis.call('HSET', h, rid, a)
+      redis.call('HINCRBY', h, '_', tonumber(a) - tonumber(cur))
+    end
+  elseif kind == 'spend' then
+    local month, marker = KEYS[ki], KEYS[ki + 1]
+    ki = ki + 2
+    if redis.call('SET', marker, '1', 'NX', 'PX', b) then
+      redis.call('INCRBY', z, a)
+      redis.call('PEXPIRE', z, b)
+      redis.call('INCRBY', month, a)
+      redis.call('PEXPIRE', month, b * 21)
+    end
+  elseif kind == 'lease' then
+    redis.call('ZADD', z, 'XX', string.format('%.6f', tonumber(clock(b)) + tonumber(a) / 1000), rid)
+    redis.call('PEXPIRE', z, a)
+  else
+    redis.call('ZREM', z, rid)
+  end
+end
+return 1
+"""
