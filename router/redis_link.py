@@ -23,14 +23,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+from hiredis import pack_command
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from hiredis import pack_command
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from router.redis_wire import Wire, open_wire, wire_target
+from router.redis_wire import Wire, cluster_creds, open_wire, wire_target
 from router.state import StateSettings
 
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.state")
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 REPLAY_CHUNK = 200  # settles replayed per pipeline once Redis is back
+REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")  # a Cluster's answers that mean "not here, not now"
 
 Orphan = Callable[[Any], None]
 
@@ -114,6 +115,8 @@ class RedisLink:
         # sockets and Cluster go through redis-py
         self._wire_at = None if self.cluster else wire_target(url)
         self._wire: Wire | None = None
+        self._node_creds = cluster_creds(url) if self.cluster else None
+        self._node_wires: dict[str, Wire] = {}
 
     # ---- calls ----------------------------------------------------------------------
     def available(self) -> bool:
@@ -196,11 +199,54 @@ class RedisLink:
             packed = b"".join([pack_command((verb, code[c.name], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
                                for c in batch])
             return await wire.send(packed, len(batch))
+        if self._node_creds is not None:
+            return await self._run_on_nodes(batch, verb, code)
+        return await self._run_pipeline(batch, verb, code)
+
+    async def _run_pipeline(self, batch: Sequence[Command], verb: str, code: dict[str, str]) -> list[Any]:
+        """Through redis-py: TLS, sockets, and Cluster commands redirected mid-batch."""
         pipe: Any = self.client.pipeline(transaction=False)
         # execute_command: a Cluster pipeline refuses its own evalsha method, not the command
         for c in batch:
             pipe.execute_command(verb, code[c.name], len(c.keys), *c.keys, *c.args)
         return list(await pipe.execute(raise_on_error=False))
+
+    async def _run_on_nodes(self, batch: Sequence[Command], verb: str, code: dict[str, str]) -> list[Any]:
+        """Cluster: each command to the primary holding its keys' slot (redis-py's slot map),
+        one write per node on a connection of our own; a command the cluster redirects
+        (resharding, failover) goes again through redis-py, which follows redirections, and
+        the slot map is reloaded."""
+        client: Any = self.client
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i, c in enumerate(batch):
+            node = client.get_node_from_key(c.keys[0])
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        sent = []
+        for node, idx in by_node.values():
+            wire = await self._node_wire(node.name, node.host, node.port)
+            packed = b"".join([pack_command((verb, code[batch[i].name], len(batch[i].keys), *batch[i].keys,  # type: ignore[arg-type]
+                                             *batch[i].args)) for i in idx])
+            sent.append(wire.send(packed, len(idx)))
+        replies: list[Any] = [None] * len(batch)
+        for (_, idx), got in zip(by_node.values(), await asyncio.gather(*sent), strict=True):
+            for i, reply in zip(idx, got, strict=True):
+                replies[i] = reply
+        moved = [i for i, r in enumerate(replies) if isinstance(r, RedisError) and str(r).startswith(REDIRECTS)]
+        if moved:
+            await client.nodes_manager.initialize()
+            for i, reply in zip(moved, await self._run_pipeline([batch[i] for i in moved], verb, code), strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _node_wire(self, name: str, host: str, port: int) -> Wire:
+        wire = self._node_wires.get(name)
+        if wire is None or wire.lost:
+            async with self._init_lock:
+                wire = self._node_wires.get(name)
+                if wire is None or wire.lost:
+                    assert self._node_creds is not None
+                    wire = self._node_wires[name] = await open_wire(host, port, *self._node_creds, 0)
+        return wire
 
     async def _connected(self) -> Wire:
         wire = self._wire
@@ -314,6 +360,7 @@ class RedisLink:
         if self._pending:
             log.warning("shutting down with %d settle(s) Redis never received: their spend and token "
                         "counts are lost", len(self._pending))
-        if self._wire is not None:
-            self._wire.close()
+        for wire in [self._wire, *self._node_wires.values()]:
+            if wire is not None:
+                wire.close()
         await self.client.aclose()

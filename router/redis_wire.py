@@ -32,6 +32,14 @@ def wire_target(url: str) -> tuple[str, int, str | None, str | None, int] | None
             unquote(parts.password) if parts.password else None, int(path or 0))
 
 
+def cluster_creds(url: str) -> tuple[str | None, str | None] | None:
+    """(username, password) for the nodes of a plain (not TLS) Cluster URL; None for TLS."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "redis-cluster"):
+        return None
+    return (unquote(parts.username) if parts.username else None, unquote(parts.password) if parts.password else None)
+
+
 def reply_error(e: Exception) -> ResponseError:
     message = str(e)
     return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)

@@ -163,3 +163,40 @@ async def test_settles_of_one_loop_iteration_all_land_though_sent_as_one_call(
         assert not await admitted(s, a)
     finally:
         await s.close()
+
+
+async def test_a_cluster_slot_moved_under_a_running_replica_is_followed_and_stays_exact(tmp_path) -> None:
+    """The replica's slot map goes stale (a resharding moved the slot of a key it has not
+    used yet): Redis answers MOVED, the command goes again where the slot now lives."""
+    from redis.crc import key_slot
+
+    from tests.fixtures_redis import need, start_cluster
+
+    nodes = await asyncio.to_thread(start_cluster, need("redis-server"), need("redis-cli"), tmp_path)
+    s = create_state(f"redis-cluster://127.0.0.1:{nodes[0].port}", StateSettings(redis_timeout_s=2.0))
+    try:
+        assert await admitted(s, Admission("warm", LimitSpec(rpm=5), None, "gpt-x", None, 1))  # slot map loaded
+        slot = key_slot(b"k:fresh")
+        ids = {}
+        owner = None
+        for n in nodes:
+            with n.client() as c:
+                ids[n.port] = c.execute_command("CLUSTER", "MYID").decode()
+        with nodes[0].client() as c:
+            for lo, hi, primary, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                if lo <= slot <= hi:
+                    owner = primary[1]
+        target = next(n for n in nodes if n.port != owner)
+        for n in nodes:
+            with n.client() as c:
+                c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target.port])
+        with target.client() as c:
+            c.execute_command("CLUSTER", "BUMPEPOCH")
+        fresh = Admission("fresh", LimitSpec(rpm=2), None, "gpt-x", None, 1)
+        assert [await admitted(s, fresh) for _ in range(3)] == [True, True, False]
+        with target.client() as c:
+            assert c.zcard("router:{k:fresh}:rpm") == 2  # counted where the slot now lives
+    finally:
+        await s.close()
+        for n in nodes:
+            n.stop()
