@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from router.errors import bad_request, model_not_found
 from router.normalize import Normalized
-from router.routes import ModelGroup, RouteTable, Target
+from router.routes import RouteTable
+from router.table import ModelGroup, Target
 from router.strategies import STRATEGIES, HealthMap, usable
 
 

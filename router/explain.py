@@ -18,7 +18,9 @@ from router.errors import RouterError
 from router.keys import ClientKey
 from router.normalize import Normalized, normalize
 from router.limits import BudgetSpec, LimitSpec
-from router.routes import ModelGroup, Retry, RouteTable
+from router.config import Retry
+from router.routes import RouteTable
+from router.table import ModelGroup
 from router.schema import Endpoint
 from router.strategies import estimated_cost
 

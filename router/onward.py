@@ -21,7 +21,8 @@ from router.exchange import Exchange
 from router.health import CLOSED, TargetHealth
 from router.limits import LimitSpec
 from router.normalize import Normalized
-from router.routes import Hedge, Resume, Target
+from router.config import Hedge, Resume
+from router.table import Target
 from router.state import TargetGrant
 from router.streaming import Opened, open_stream, read_body
 from router.watchdog import Watchdog

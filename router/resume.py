@@ -28,7 +28,7 @@ from providers.base import UpstreamError, Unsupported
 from providers.fields import CHAT_PREFIX, TEXT_PROMPT
 from router.candidates import Candidate
 from router.onward import Onward, first_event_limit, open_events
-from router.routes import Target
+from router.table import Target
 from router.schema import Endpoint
 from router.streaming import Opened
 

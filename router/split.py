@@ -30,7 +30,7 @@ from router.candidates import Candidate
 from router.errors import RouterError
 from router.exchange import Exchange
 from router.normalize import Normalized
-from router.routes import Target
+from router.table import Target
 from router.sse import DONE, encode
 from router.streaming import SSE_HEADERS, broken_stream, first_events, load_event
 

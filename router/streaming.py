@@ -24,7 +24,7 @@ from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
 from router.metrics import Metrics
 from router.normalize import Normalized
-from router.routes import Target
+from router.table import Target
 from router.sse import DONE, encode, event_batches
 from router.watchdog import Watchdog
 
