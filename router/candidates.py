@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from router.errors import bad_request, model_not_found
 from router.normalize import Normalized
 from router.routes import RouteTable
-from router.table import ModelGroup, Target
 from router.strategies import STRATEGIES, HealthMap, usable
+from router.table import ModelGroup, Target
 
 
 @dataclass(frozen=True, slots=True)
