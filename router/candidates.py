@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from router.errors import bad_request, model_not_found
 from router.normalize import Normalized
-from router.routes import ModelGroup, RouteTable, Target
+from router.routes import RouteTable
 from router.strategies import STRATEGIES, HealthMap, usable
+from router.table import ModelGroup, Target
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from router.config import Price
 from router.metrics import ANONYMOUS, UNKNOWN
-from router.routes import Price
 from router.state import Grant, TargetGrant
 
 # Whole-string match (`$` alone would let a trailing newline through): at most 128 printable

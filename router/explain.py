@@ -14,13 +14,15 @@ import orjson
 from multidict import CIMultiDict
 
 from router.candidates import Candidate, check_output_ceiling, plan
+from router.config import Retry
 from router.errors import RouterError
 from router.keys import ClientKey
-from router.normalize import Normalized, normalize
 from router.limits import BudgetSpec, LimitSpec
-from router.routes import ModelGroup, Retry, RouteTable
+from router.normalize import Normalized, normalize
+from router.routes import RouteTable
 from router.schema import Endpoint
 from router.strategies import estimated_cost
+from router.table import ModelGroup
 
 
 def guess_endpoint(body: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ from router.limits import BudgetSpec, LimitSpec, budget_spec, limit_spec
 from router.rules import Glob
 
 if TYPE_CHECKING:
-    from router.routes import KeyConfig
+    from router.config import KeyConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,30 +11,28 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import aiohttp
 
 from providers.base import MAX_ERROR_BODY, stalled, transport_error
+from router.attempts import Attempts
 from router.candidates import Candidate
+from router.config import Hedge, Resume
 from router.exchange import Exchange
 from router.health import CLOSED, TargetHealth
 from router.limits import LimitSpec
 from router.normalize import Normalized
-from router.routes import Hedge, Resume, Target
 from router.state import TargetGrant
 from router.streaming import Opened, open_stream, read_body
+from router.table import Target
 from router.watchdog import Watchdog
-
-if TYPE_CHECKING:
-    from router.proxy import Proxy
 
 NO_LIMITS = LimitSpec()
 
 
 @dataclass(slots=True)
 class Onward:
-    proxy: Proxy
+    proxy: Attempts
     ex: Exchange
     norm: Normalized
     rest: list[Candidate]            # the candidates after the one being tried, in order

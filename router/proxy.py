@@ -31,10 +31,10 @@ from router.normalize import Normalized
 from router.onward import Onward
 from router.resume import Resumer, resumable
 from router.retry import retrying
-from router.routes import Target
-from router.state import Grant, SharedState, TargetGrant
 from router.split import payloads, split_attempt
+from router.state import Grant, SharedState, TargetGrant
 from router.streaming import MAX_ANSWER_BODY, open_stream, read_body, relay_stream
+from router.table import Target
 from router.watchdog import Watchdog
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -26,11 +25,10 @@ import orjson
 
 from providers.base import UpstreamError, Unsupported
 from providers.fields import CHAT_PREFIX, TEXT_PROMPT
-from router.candidates import Candidate
 from router.onward import Onward, first_event_limit, open_events
-from router.routes import Target
 from router.schema import Endpoint
-from router.streaming import Opened
+from router.streaming import Continued
+from router.table import Target
 
 log = logging.getLogger("router.stream")
 
@@ -44,15 +42,6 @@ def resumable(endpoint: str, body: dict[str, Any]) -> bool:
     if endpoint == Endpoint.COMPLETIONS:
         return isinstance(body.get("prompt"), str) and not body.get("echo")
     return True
-
-
-@dataclass(slots=True)
-class Continued:
-    """A continuation whose first event arrived: relay_stream switches to it."""
-
-    cand: Candidate
-    resp: aiohttp.ClientResponse
-    opened: Opened
 
 
 class Resumer:

@@ -17,7 +17,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from providers.base import Action, UpstreamError
-from router.routes import Retry
+from router.config import Retry
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ from router.normalize import Normalized
 from router.strategies import STRATEGIES, strategy_problems
 
 if TYPE_CHECKING:
-    from router.routes import Bounds, Deny, HeaderMatch, Match, RoutesConfig, RuleConfig
+    from router.config import Bounds, Deny, HeaderMatch, Match, RoutesConfig, RuleConfig
 
 _WILD = re.compile(r"[*?\[]")
 

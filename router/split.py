@@ -19,23 +19,21 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from providers.base import Adapter, Fill, UpstreamError
+from router.attempts import Attempts
 from router.candidates import Candidate
 from router.errors import RouterError
 from router.exchange import Exchange
 from router.normalize import Normalized
-from router.routes import Target
 from router.sse import DONE, encode
 from router.streaming import SSE_HEADERS, broken_stream, first_events, load_event
-
-if TYPE_CHECKING:
-    from router.proxy import Proxy
+from router.table import Target
 
 log = logging.getLogger("router.stream")
 T = TypeVar("T")
@@ -53,7 +51,7 @@ def payloads(adapter: Adapter, norm: Normalized, vendor_model: str, dropped: lis
     return bodies[0] if len(bodies) == 1 else bodies
 
 
-async def split_attempt(proxy: Proxy, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
+async def split_attempt(proxy: Attempts, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
                         bodies: list[bytes], deadline: float) -> web.StreamResponse:
     # Upstream time is the split's wall time: its calls overlap, so their own times do not add up.
     before, started = ex.upstream_s, time.monotonic()
@@ -98,7 +96,7 @@ async def _all(calls: list[Awaitable[T]]) -> list[T]:
         raise
 
 
-async def _whole(proxy: Proxy, ex: Exchange, norm: Normalized, cand: Candidate, bodies: list[bytes],
+async def _whole(proxy: Attempts, ex: Exchange, norm: Normalized, cand: Candidate, bodies: list[bytes],
                  deadline: float) -> web.Response:
     target = cand.target
 
@@ -151,7 +149,7 @@ class _Part:
     outcome: str | None = None                  # a failure of its own
     ended: bool = False
 
-    def end(self, proxy: Proxy, target: Target, ex: Exchange) -> None:
+    def end(self, proxy: Attempts, target: Target, ex: Exchange) -> None:
         """Release or cut its connection and count it, once."""
         if self.resp is None or self.ended:
             return
@@ -164,7 +162,7 @@ class _Part:
         proxy.count_attempt(target, outcome, self.started, ex, self.first_at)
 
 
-async def _stream(proxy: Proxy, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
+async def _stream(proxy: Attempts, request: web.Request, ex: Exchange, norm: Normalized, cand: Candidate,
                   bodies: list[bytes], deadline: float) -> web.StreamResponse:
     target = cand.target
     adapter, provider, endpoint, public = target.adapter, target.provider, norm.endpoint, cand.public

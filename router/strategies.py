@@ -17,7 +17,7 @@ from router.health import latency_for
 from router.normalize import Normalized
 
 if TYPE_CHECKING:
-    from router.routes import Target
+    from router.table import Target
 
 # Without a request to reckon by (planning offline), the cost strategy assumes this many
 # output tokens; a request's own Normalized.max_tokens already carries the routes default.

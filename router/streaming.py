@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import Any, AsyncIterator, Protocol
 
 import aiohttp
 import orjson
@@ -20,16 +20,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from providers.base import Adapter, Fill, bad_upstream_body, transport_error
+from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
 from router.metrics import Metrics
 from router.normalize import Normalized
-from router.routes import Target
 from router.sse import DONE, encode, event_batches
+from router.table import Target
 from router.watchdog import Watchdog
-
-if TYPE_CHECKING:
-    from router.resume import Resumer
 
 log = logging.getLogger("router.stream")
 
@@ -62,6 +60,23 @@ class Opened:
     upstream: AsyncIterator[list[bytes]]
     batch: list[bytes]
     first: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Continued:
+    """A continuation whose first event arrived: relay_stream switches to it."""
+
+    cand: Candidate
+    resp: aiohttp.ClientResponse
+    opened: Opened
+
+
+class Continuer(Protocol):
+    """What relay_stream asks of router.resume.Resumer (a Protocol: resume imports this module)."""
+
+    async def next(self, said: str, failure_provider: str) -> Continued | None: ...
+
+    def finish(self, broken: bool, gone: bool) -> None: ...
 
 
 async def read_body(resp: aiohttp.ClientResponse, provider: str, wd: Watchdog, hard: float, idle: float,
@@ -124,7 +139,7 @@ async def first_events(adapter: Adapter, provider: str, resp: aiohttp.ClientResp
 
 async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, public: str, target: Target,
                        resp: aiohttp.ClientResponse, metrics: Metrics, opened: Opened,
-                       resumer: Resumer | None = None) -> Relayed:
+                       resumer: Continuer | None = None) -> Relayed:
     adapter = target.adapter
     provider = target.provider
     endpoint = norm.endpoint

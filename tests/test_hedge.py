@@ -9,7 +9,7 @@ import pytest
 
 from providers.standins import Reply, StandinControl
 from providers.standins.run import start_standin
-from router.routes import Hedge
+from router.config import Hedge
 from tests.test_client_behaviour import metric, wait_for
 from tests.test_resume import text_of, tpm_used
 

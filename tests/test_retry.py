@@ -13,7 +13,7 @@ import pytest
 from providers.base import Action, UpstreamError, classify, parse_retry_after, transport_error
 from providers.standins import Fail, Hang, Reply
 from router.retry import retrying
-from router.routes import Retry
+from router.config import Retry
 from tests.fixtures_proxy import providers_for
 
 FAST = Retry(attempts=3, backoff_initial_s=0.001, backoff_max_s=0.002, retry_after_cap_s=1.0)
