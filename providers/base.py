@@ -24,7 +24,6 @@ import datetime
 import email.utils
 import logging
 import math
-import os
 import random
 import re
 import time

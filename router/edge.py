@@ -13,7 +13,6 @@ import logging
 import time
 from typing import Awaitable, Callable
 
-import orjson
 from aiohttp import web
 
 from router.access_log import ACCESS_LOG, AccessLog

@@ -10,7 +10,7 @@ import pytest
 from providers.standins import Fail, Reply
 from router.edge import METRICS
 from router.handlers import STATE
-from tests.fixtures_proxy import key_env, providers_for
+from tests.fixtures_proxy import providers_for
 
 KEYS = {
     "team-a": {"key_env": "ROUTER_TEST_KEY_A", "limits": {"rpm": 3}},
