@@ -1,51 +1,42 @@
-"""Benchmark: the proxy's added cost per request against a bare aiohttp relay, side by side.
+"""Benchmark: the proxy's cost per request against a bare aiohttp relay, side by side, everything on.
 
-Not a test (pytest does not collect it): run by hand, it prints a table of ratios.
+Not a test (pytest does not collect it): run by hand, it prints a table of medians and ratios.
 
-    python tests/bench/bench_proxy.py [--seconds 10] [--connections 32]
-    python tests/bench/bench_proxy.py --stream [--chunks 20] [--gap-ms 0]
-    python tests/bench/bench_proxy.py --litellm /tmp/litellm-venv/bin/litellm [--stream]
+    python tests/bench/bench_proxy.py                      # req, stream, lat1; 3 rounds of 5 s
+    python tests/bench/bench_proxy.py --cases req,stream,lat1,stream256,open1000,startup --cluster
+    python tests/bench/bench_proxy.py --cases soak --soak-seconds 600
+    python tests/bench/bench_proxy.py --litellm /tmp/litellm-venv/bin/litellm \
+        --portkey /tmp/portkey/node_modules/@portkey-ai/gateway/build/start-server.js
 
-The router runs from the installed (editable) tree, uncommitted edits included; to time the
-committed one instead, snapshot it and point --router-src at it:
+The router runs with what users turn on: a client key, rpm/tpm/concurrency limits on the key
+and rpm/tpm on the model, a price, metrics, and the access log (to a file), in-process
+("router") and on a redis-server the benchmark starts itself ("router+redis"; with
+--cluster also a 3-node Redis Cluster, "router+cluster"). Every contender is started at once,
+pinned to core 0 (idle ones cost nothing); the canned OpenAI-shaped upstreams, Redis and wrk
+run on core 1. Each case runs --rounds rounds, every contender in turn within a round, and
+the table shows medians, so drift hits every contender alike. The relay does the least any
+proxy must: read the body, POST it upstream on a pooled session, return the answer (a
+stream is passed through as its bytes come: iter_any -> write).
 
-    mkdir -p /tmp/router-head && git archive HEAD router providers | tar -x -C /tmp/router-head
-    python tests/bench/bench_proxy.py --router-src /tmp/router-head
+Cases:
+  req        non-stream, 64 connections: req/s, p50, p99, CPU per request (from /proc)
+  stream     20 SSE events back to back, 16 connections
+  lat1       one connection: the added p50 and p99 over the upstream alone
+  stream256  256 connections, events 10 ms apart as a model sends them: p99
+  open1000   1,000 streams held open at once (the upstream sends one event per 100 ms):
+             resident memory of each contender
+  startup    seconds from launch to a first complete answer
+  soak       --soak-seconds of steady load: resident memory and open descriptors after
+             warm-up and at the end
 
-Three or four processes on loopback: a canned OpenAI-shaped upstream (core 1), then in turn
-a bare aiohttp relay, the router and, when --litellm names its CLI, LiteLLM's proxy (each
-pinned to core 0), loaded by wrk (core 1). The relay does the least any proxy must: read the
-body, POST it upstream on a pooled session, return the answer (a stream is passed through
-as its bytes come: iter_any -> write). The differences between the contenders are what
-each one adds on top of that. The request is POST /v1/chat/completions by default
-(--endpoint completions for /v1/completions; LiteLLM's proxy serves that legacy endpoint
-through a path that builds a new upstream client, so a new connection, per request).
+Before each timed run one request is checked by hand (status 200; for a stream every chunk
+and `data: [DONE]`), so a contender that answers fast but wrong shows up.
 
-What it measures, per contender:
-  req/s, p50, p99   wrk's numbers at --connections connections, core 0 saturated
-  non-2xx, sock err wrk's counts of non-2xx answers and socket errors (both should be 0)
-  cpu ms/req        the contender's own CPU time (utime+stime from /proc, its process
-                    tree) over the timed run, divided by the requests wrk completed
-Then the ratios against the relay, and the added CPU time per request (1/rps difference:
-core 0 is saturated, so the time per request on it is 1/rps). With --stream the upstream
-answers `"stream": true` with --chunks SSE events of a few tokens each (the last one has
-finish_reason, a usage event follows when stream_options.include_usage asks for it, then
-`data: [DONE]`), and the added time is also given per chunk (divided by --chunks). With
---gap-ms 0 the chunks are written back to back, so a busy relay often reads several in one
-go; --gap-ms 1 (with more --connections, e.g. 256, to keep core 0 busy) spaces them out
-as a real model does, which costs the relay a read and a write per chunk too.
-
-Before each timed run one request is checked by hand: status 200, and for a stream every
-chunk and `data: [DONE]` present, so a contender that answers fast but wrong shows up.
-
-LiteLLM (optional; installed apart, never vendored here): `python -m venv /tmp/litellm-venv
-&& /tmp/litellm-venv/bin/pip install 'litellm[proxy]'` (1.105.3 was the one measured). It gets a generated config.yaml with
-one model `m` -> `openai/m` whose api_base is the canned upstream and a dummy api_key; no
-callbacks, no retries, no database (spend and error logs off), LITELLM_LOG=ERROR,
-LITELLM_MODE=PRODUCTION and LITELLM_LOCAL_MODEL_COST_MAP=True (no fetch at startup), one
-uvicorn worker (its docs: one worker per CPU, and it has one core here). LiteLLM refuses to
-start without a master key, so one is generated and every contender is sent it as
-`Authorization: Bearer ...` (the relay and the router, configured without keys, ignore it).
+LiteLLM (optional, installed apart, never vendored here): `python -m venv /tmp/litellm-venv
+&& /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`; it gets a generated config with one
+model and no callbacks, retries, database or logging, and one worker. Portkey's gateway
+(optional): `npm install @portkey-ai/gateway` and --portkey naming its build/start-server.js;
+it is told the upstream per request (x-portkey-provider / x-portkey-custom-host headers).
 """
 
 from __future__ import annotations
@@ -183,6 +174,8 @@ WRK_LUA = textwrap.dedent('''
     wrk.method = "POST"
     wrk.headers["Content-Type"] = "application/json"
     wrk.headers["Authorization"] = "Bearer %s"
+    wrk.headers["x-portkey-provider"] = "openai"
+    wrk.headers["x-portkey-custom-host"] = "http://127.0.0.1:%d/v1"
     wrk.body = '%s'
 ''')
 
@@ -257,10 +250,12 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def probe(port: int, path: str, body: bytes, key: str, stream: bool, chunks: int) -> str:
+def probe(port: int, path: str, body: bytes, key: str, stream: bool, chunks: int, up: int = 0) -> str:
     """One request by hand: what came back, in a few words; raises if it is not a full answer."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", path, body, {"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    conn.request("POST", path, body, {"Content-Type": "application/json", "Authorization": f"Bearer {key}",
+                                      # Portkey's gateway is told its upstream per request
+                                      "x-portkey-provider": "openai", "x-portkey-custom-host": f"http://127.0.0.1:{up}/v1"})
     resp = conn.getresponse()
     data = resp.read()
     conn.close()
@@ -335,7 +330,7 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def hold_streams(port: int, path: str, body: bytes, key: str, n: int, pid: int) -> tuple[int, int]:
+def hold_streams(port: int, path: str, body: bytes, key: str, n: int, pid: int, up: int) -> tuple[int, int]:
     """Open n streams at once (the upstream sends slowly) and read the contender's resident
     memory once every one has its first event; returns (RSS KiB, streams open)."""
     import asyncio
@@ -350,7 +345,9 @@ def hold_streams(port: int, path: str, body: bytes, key: str, n: int, pid: int) 
             async def one() -> None:
                 nonlocal opened
                 async with s.post(f"http://127.0.0.1:{port}{path}", data=body,
-                                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"}) as r:
+                                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}",
+                                           "x-portkey-provider": "openai",
+                                           "x-portkey-custom-host": f"http://127.0.0.1:{up}/v1"}) as r:
                     await r.content.readline()
                     opened += 1
                     if opened == n:
@@ -371,7 +368,7 @@ def hold_streams(port: int, path: str, body: bytes, key: str, n: int, pid: int) 
 
 
 def time_to_answer(argv: list[str], env: dict[str, str], cwd: Path, port: int, path: str, body: bytes,
-                   key: str, log_path: Path) -> float:
+                   key: str, log_path: Path, up: int) -> float:
     """Seconds from launching the contender to its first complete answer."""
     t0 = time.monotonic()
     with started(pinned(0, argv), log_path, env=env, cwd=cwd) as p:
@@ -379,7 +376,7 @@ def time_to_answer(argv: list[str], env: dict[str, str], cwd: Path, port: int, p
             if p.poll() is not None:
                 raise RuntimeError(f"exited with {p.returncode}")
             try:
-                probe(port, path, body, key, False, 0)
+                probe(port, path, body, key, False, 0, up)
                 return time.monotonic() - t0
             except (OSError, RuntimeError):
                 time.sleep(0.01)
@@ -430,8 +427,13 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     (tmp / "up.py").write_text(UPSTREAM)
     (tmp / "relay.py").write_text(RELAY)
-    for stream in (False, True):
-        (tmp / f"req-{int(stream)}.lua").write_text(WRK_LUA % (key, request_body(chat, stream).decode()))
+
+    def lua(up: str, stream: bool) -> Path:
+        """wrk's script for a stream or not, naming upstream `up` (for Portkey's headers)."""
+        path = tmp / f"req-{up}-{int(stream)}.lua"
+        if not path.exists():
+            path.write_text(WRK_LUA % (key, ups[up], request_body(chat, stream).decode()))
+        return path
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     extra: dict[str, dict[str, float]] = {}
     with contextlib.ExitStack() as stack:
@@ -495,12 +497,12 @@ def main() -> int:
                         print(f"{name} failed; its log: {tmp / f'{name}-{up}.log'}", file=sys.stderr)
                         raise
 
-        def timed(case: str, stream: bool, conns: int) -> Callable[[str, int, subprocess.Popen[bytes]], None]:
+        def timed(case: str, up: str, stream: bool, conns: int) -> Callable[[str, int, subprocess.Popen[bytes]], None]:
             def fn(name: str, port: int, p: subprocess.Popen[bytes]) -> None:
-                probe(port, path, request_body(chat, stream), key, stream, 20)
-                wrk(port, path, 1, conns, tmp / f"req-{int(stream)}.lua")  # warm-up
+                probe(port, path, request_body(chat, stream), key, stream, 20, ups[up])
+                wrk(port, path, 1, conns, lua(up, stream))  # warm-up
                 cpu0 = cpu_seconds(p.pid)
-                r = wrk(port, path, args.seconds, conns, tmp / f"req-{int(stream)}.lua")
+                r = wrk(port, path, args.seconds, conns, lua(up, stream))
                 r["cpu_ms"] = 1000 * (cpu_seconds(p.pid) - cpu0) / max(r["requests"], 1)
                 results.setdefault(case, {}).setdefault(name, []).append(r)
                 print(f"  {case:9} {name:14} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms"
@@ -513,16 +515,16 @@ def main() -> int:
             if case in plans:
                 up, stream, conns = plans[case]
                 if case == "lat1":
-                    base = [wrk(ups[up], path, args.seconds, 1, tmp / "req-0.lua") for _ in range(args.rounds)]
+                    base = [wrk(ups[up], path, args.seconds, 1, lua(up, False)) for _ in range(args.rounds)]
                     extra["upstream"] = {"p50_ms": median(b["p50_ms"] for b in base),
                                          "p99_ms": median(b["p99_ms"] for b in base)}
                 for rnd in range(args.rounds):
                     print(f"{case}, round {rnd + 1}/{args.rounds}", flush=True)
-                    run_contenders(up, timed(case, stream, conns))
+                    run_contenders(up, timed(case, up, stream, conns))
             elif case == "open1000":
                 def held(name: str, port: int, p: subprocess.Popen[bytes]) -> None:
                     before = rss_kb(p.pid)
-                    after, n = hold_streams(port, path, request_body(chat, True), key, 1000, p.pid)
+                    after, n = hold_streams(port, path, request_body(chat, True), key, 1000, p.pid, ups["slow"])
                     extra.setdefault(name, {}).update(rss_idle_mb=before / 1024, rss_1000_mb=after / 1024, held=n)
                     print(f"  open1000  {name:14} {n} streams open: {after / 1024:.1f} MB resident "
                           f"(idle {before / 1024:.1f} MB)", flush=True)
@@ -531,7 +533,8 @@ def main() -> int:
                 for name, (argv, env, _) in contenders(ups["fast"]).items():
                     port = free_port()
                     secs = median(time_to_answer([a.replace("{port}", str(port)) for a in argv], env, tmp, port, path,
-                                                 request_body(chat, False), key, tmp / f"{name}-startup.log")
+                                                 request_body(chat, False), key, tmp / f"{name}-startup.log",
+                                                 ups["fast"])
                                   for _ in range(args.rounds))
                     extra.setdefault(name, {})["startup_s"] = secs
                     print(f"  startup   {name:14} first answer {secs:.2f} s after launch", flush=True)
@@ -539,9 +542,9 @@ def main() -> int:
                 def soak(name: str, port: int, p: subprocess.Popen[bytes]) -> None:
                     if not name.startswith("router"):
                         return
-                    wrk(port, path, 20, 64, tmp / "req-0.lua")  # warm-up
+                    wrk(port, path, 20, 64, lua("fast", False))  # warm-up
                     rss0, fds0 = rss_kb(p.pid), open_fds(p.pid)
-                    r = wrk(port, path, args.soak_seconds, 64, tmp / "req-0.lua")
+                    r = wrk(port, path, args.soak_seconds, 64, lua("fast", False))
                     time.sleep(1)
                     rss1, fds1 = rss_kb(p.pid), open_fds(p.pid)
                     extra.setdefault(name, {}).update(soak_rss_pct=100 * (rss1 - rss0) / rss0, soak_fds=fds1 - fds0)
