@@ -20,14 +20,7 @@ from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec
 from router.state import SharedState, StateSettings
 from tests.fixtures_redis import RedisServer
 from tests.test_redis_faults import QUICK, SlowReplies, until
-
-
-async def admitted(s: SharedState, a: Admission) -> bool:
-    try:
-        await s.admit(a, [])
-    except LimitExceeded:
-        return False
-    return True
+from tests.test_state import admitted
 
 
 def one_slot() -> Admission:

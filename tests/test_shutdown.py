@@ -7,42 +7,20 @@ A real `router serve` process in front of a stand-in that streams slowly.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import orjson
-import yaml
 
 from providers.standins import Reply
-from tests.fixtures_proxy import key_env
-from tests.test_replicas import free_port, routes
+from tests.serving import serve
+from tests.test_replicas import routes
 
 
-async def serve(tmp_path: Path, vendor, grace_s: float) -> tuple[asyncio.subprocess.Process, str]:
-    path = tmp_path / "routes.yaml"
-    path.write_text(yaml.safe_dump(routes(vendor, {})))
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "router", "serve", "--config", str(path), "--port", str(port),
-        env={**os.environ, "REDIS_URL": "", "ROUTER_SHUTDOWN_GRACE_S": str(grace_s), key_env(vendor.kind): vendor.api_key},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as s:
-        for _ in range(150):
-            try:
-                async with s.get(url + "/readyz") as r:
-                    if r.status == 200:
-                        return proc, url
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    if proc.returncode is None:
-        proc.kill()
-    raise RuntimeError(f"router serve did not become ready: {(await proc.communicate())[1].decode()[-2000:]}")
+async def serve_with_grace(tmp_path: Path, vendor, grace_s: float) -> tuple[asyncio.subprocess.Process, str]:
+    return await serve(tmp_path, routes(vendor, {}), vendor, env={"REDIS_URL": "", "ROUTER_SHUTDOWN_GRACE_S": str(grace_s)})
 
 
 async def read_stream(s: aiohttp.ClientSession, url: str, started: asyncio.Event) -> list[bytes]:
@@ -59,7 +37,7 @@ async def read_stream(s: aiohttp.ClientSession, url: str, started: asyncio.Event
 
 async def test_a_stream_that_ends_within_the_grace_period_finishes_and_the_process_exits_0(tmp_path, vendors) -> None:
     vendors.openai.control.push(Reply(chunks=6, chunk_delay=0.3))  # about 1.8 s of stream
-    proc, url = await serve(tmp_path, vendors.openai, grace_s=10)
+    proc, url = await serve_with_grace(tmp_path, vendors.openai, grace_s=10)
     started = asyncio.Event()
     async with aiohttp.ClientSession() as s:
         stream = asyncio.ensure_future(read_stream(s, url, started))
@@ -83,7 +61,7 @@ async def test_a_stream_still_open_at_the_end_of_the_grace_period_gets_an_error_
     tmp_path, vendors,
 ) -> None:
     vendors.openai.control.push(Reply(chunks=100, chunk_delay=0.2))  # 20 s: longer than the grace period
-    proc, url = await serve(tmp_path, vendors.openai, grace_s=2)
+    proc, url = await serve_with_grace(tmp_path, vendors.openai, grace_s=2)
     started = asyncio.Event()
     async with aiohttp.ClientSession() as s:
         stream = asyncio.ensure_future(read_stream(s, url, started))

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from providers.standins import Reply
-from tests.fixtures_proxy import key_env
-from tests.test_replicas import N, free_port, routes
+from tests.serving import free_port, serve
+from tests.test_replicas import N, routes
 
 
 def children(pid: int) -> list[int]:
@@ -36,26 +36,7 @@ def children(pid: int) -> list[int]:
 
 
 async def start_workers(tmp_path: Path, doc: dict, vendor, workers: str, env: dict[str, str]):
-    path = tmp_path / "routes.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "router", "serve", "--config", str(path), "--port", str(port), "--workers", workers,
-        "--log-level", "WARNING", env={**os.environ, key_env(vendor.kind): vendor.api_key, **env},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as s:
-        for _ in range(150):
-            try:
-                async with s.get(url + "/readyz") as r:
-                    if r.status == 200:
-                        return proc, url
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    if proc.returncode is None:
-        proc.kill()
-    raise RuntimeError(f"workers did not become ready: {(await proc.communicate())[1].decode()[-2000:]}")
+    return await serve(tmp_path, doc, vendor, "--workers", workers, env=env)
 
 
 async def test_two_workers_on_one_port_keep_an_rpm_limit_exact(tmp_path, vendors, redis_url) -> None:
