@@ -122,3 +122,16 @@ async def vendors() -> AsyncIterator[Vendors]:
     found = [v for vendor in started.values() for v in vendor.violations]
     if found:
         pytest.fail("vendor contract violations:\n  " + "\n  ".join(found), pytrace=False)
+
+
+async def counting_standin(kind: str, control: StandinControl) -> tuple[RunningStandin, list[int]]:
+    """A stand-in (no key) and the list that grows by one per stream event it sends: how a test
+    sees whether an upstream stream goes on after the client left."""
+    sent: list[int] = []
+
+    @web.middleware
+    async def count_events(request: web.Request, handler: Any) -> web.StreamResponse:
+        request[EVENT_TAP] = lambda payload: sent.append(1)
+        return await handler(request)
+
+    return await start_standin(kind, control=control, api_key=None, middlewares=[count_events]), sent

@@ -14,11 +14,11 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from providers.standins import EVENT_TAP, Fault, Reply, StandinControl
-from providers.standins.run import start_standin
+from providers.standins import Fault, Reply, StandinControl
 from router.edge import METRICS
 from router.handlers import PROXY, STATE
 from tests.fixtures_proxy import providers_for
+from tests.fixtures_vendors import counting_standin
 
 PRICE = {"input": 1000.0, "output": 2000.0}   # USD per million tokens: any charge shows
 
@@ -41,15 +41,7 @@ async def wait_for(check, timeout: float = 5.0) -> bool:
 @pytest.fixture
 async def slow_vendor(start_proxy):
     """One openai-kind stand-in streaming 100 events slowly, and a priced proxy in front of it."""
-    sent: list[int] = []
-
-    @web.middleware
-    async def count_events(request, handler):
-        request[EVENT_TAP] = lambda payload: sent.append(1)
-        return await handler(request)
-
-    control = StandinControl()
-    vendor = await start_standin("openai", control=control, api_key=None, middlewares=[count_events])
+    vendor, sent = await counting_standin("openai", StandinControl())
     proxy = await start_proxy({"providers": {"up": {"kind": "openai", "base_url": vendor.url}},
                                "models": {"slow": {"targets": [{"provider": "up", "model": "m", "price": PRICE}]}}})
     yield proxy, vendor, sent

@@ -5,23 +5,15 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from aiohttp import web
 
-from providers.standins import EVENT_TAP, Reply, StandinControl
-from providers.standins.run import start_standin
+from providers.standins import Reply, StandinControl
+from tests.fixtures_vendors import counting_standin
 
 
 async def test_client_disconnect_closes_upstream_stream(start_proxy):
-    sent: list[int] = []
-
-    @web.middleware
-    async def count_events(request, handler):
-        request[EVENT_TAP] = lambda payload: sent.append(1)
-        return await handler(request)
-
     control = StandinControl()
     control.push(Reply(text="x" * 200, chunks=100, chunk_delay=0.02))
-    vendor = await start_standin("openai", control=control, api_key=None, middlewares=[count_events])
+    vendor, sent = await counting_standin("openai", control)
     try:
         proxy = await start_proxy({"providers": {"up": {"kind": "openai", "base_url": vendor.url}},
                                    "models": {"slow": {"targets": [{"provider": "up", "model": "m"}]}}})
@@ -41,16 +33,9 @@ async def test_client_disconnect_closes_upstream_stream(start_proxy):
 
 
 async def test_client_disconnect_closes_every_part_of_a_split_stream(start_proxy):
-    sent: list[int] = []
-
-    @web.middleware
-    async def count_events(request, handler):
-        request[EVENT_TAP] = lambda payload: sent.append(1)
-        return await handler(request)
-
     control = StandinControl()
     control.push(*[Reply(text="x" * 200, chunks=100, chunk_delay=0.02)] * 3)
-    vendor = await start_standin("poolside", control=control, api_key=None, middlewares=[count_events])
+    vendor, sent = await counting_standin("poolside", control)
     try:
         proxy = await start_proxy({"providers": {"up": {"kind": "poolside", "base_url": vendor.url}},
                                    "models": {"slow": {"targets": [{"provider": "up", "model": "m"}]}}})
