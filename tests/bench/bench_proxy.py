@@ -543,6 +543,7 @@ def main() -> int:
                     if not name.startswith("router"):
                         return
                     wrk(port, path, 20, 64, lua("fast", False))  # warm-up
+                    time.sleep(1)  # wrk's connections closed on both sides, as at the end
                     rss0, fds0 = rss_kb(p.pid), open_fds(p.pid)
                     r = wrk(port, path, args.soak_seconds, 64, lua("fast", False))
                     time.sleep(1)
