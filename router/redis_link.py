@@ -104,7 +104,7 @@ class RedisLink:
         self._shas = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in scripts.items()}
         self.client, self.cluster = make_client(url, settings)
         self._queue: list[Command] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Future[Any]] = set()  # batches under way, awaited at close
         self._pending: deque[Command] = deque(maxlen=settings.pending_settles)
         self.up: bool | None = None  # None: not tried yet
         self.reason = "not connected yet"
@@ -152,10 +152,42 @@ class RedisLink:
         batch, self._queue = self._queue, []
         if not self.cluster:
             batch = _merge_settles(batch)
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        if not batch:
+            return
+        wire = self._wire
+        if wire is not None and not wire.lost:
+            self._write_now(wire, batch)
+            return
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    def _write_now(self, wire: Wire, batch: list[Command]) -> None:
+        """A connected plain redis://: write the batch in this callback, no task; the replies
+        are delivered by the wire's future, the timeout by one timer for the batch."""
+        loop = asyncio.get_running_loop()
+        packed = b"".join([pack_command(("EVALSHA", self._shas[c.name], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
+                           for c in batch])
+        fut = wire.send(packed, len(batch))
+        timer = loop.call_later(self._s.redis_timeout_s, fut.cancel)
+
+        def delivered(f: asyncio.Future[list[Any]]) -> None:
+            timer.cancel()
+            if f.cancelled():
+                self._failed(batch, TimeoutError())
+            elif f.exception() is not None:
+                self._failed(batch, f.exception())  # type: ignore[arg-type]
+            elif any(isinstance(r, NoScriptError) for r in f.result()):
+                # Redis restarted or a first use: once more with EVAL, which caches the scripts
+                task = loop.create_task(self._send(batch))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+            else:
+                self._deliver(batch, f.result())
+
+        fut.add_done_callback(delivered)
+        self._sending.add(fut)
+        fut.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[Command]) -> None:
         try:
@@ -165,6 +197,9 @@ class RedisLink:
         except Exception as e:
             self._failed(batch, e)
             return
+        self._deliver(batch, replies)
+
+    def _deliver(self, batch: list[Command], replies: list[Any]) -> None:
         failed = next((r for r in replies if isinstance(r, Exception)), None)
         if failed is not None:
             self._failed([c for c, r in zip(batch, replies, strict=True) if isinstance(r, Exception)], failed)
