@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -60,13 +61,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def serve(path: Path, port: int, *args: str, stdout: int = asyncio.subprocess.DEVNULL,
+                stderr: int = asyncio.subprocess.PIPE) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "router", "serve", "--config", str(path),
+                                                "--port", str(port), *args, stdout=stdout, stderr=stderr)
+
+
 async def test_serve_answers_with_the_given_config(tmp_path):
     path = tmp_path / "routes.yaml"
     path.write_text(GOOD)
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "router", "serve", "--config", str(path),
-                                                "--port", str(port), stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await serve(path, port)
     try:
         body = await get_when_up(f"http://127.0.0.1:{port}/v1/models")
         assert [m["id"] for m in body["data"]] == ["fast"]
@@ -137,9 +142,8 @@ async def test_serve_writes_one_access_line_per_request_to_stdout(tmp_path, leve
     path = tmp_path / "routes.yaml"
     path.write_text(GOOD)
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "router", "serve", "--config", str(path),
-                                                "--port", str(port), "--log-level", level,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    proc = await serve(path, port, "--log-level", level, stdout=asyncio.subprocess.PIPE,
+                       stderr=asyncio.subprocess.DEVNULL)
     try:
         await get_when_up(f"http://127.0.0.1:{port}/v1/models")
         async with aiohttp.ClientSession() as s:
@@ -163,9 +167,7 @@ async def test_a_malformed_http_request_is_refused_with_one_log_line_and_no_trac
     path = tmp_path / "routes.yaml"
     path.write_text(GOOD)
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "router", "serve", "--config", str(path),
-                                                "--port", str(port), stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await serve(path, port)
     try:
         await get_when_up(f"http://127.0.0.1:{port}/v1/models")
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
