@@ -200,3 +200,14 @@ class CircuitRecord:
             if self.cf >= s.failure_threshold or (wn >= s.min_samples and we / wn >= s.error_rate_threshold):
                 after, self.st, self.oa, self.pb = OPEN, OPEN, now, 0
         return before, after
+
+
+def summary_view(fields: Sequence[bytes | str | int], bucket: int, now: float, s: HealthSettings) -> TargetHealth:
+    """CircuitRecord.from_summary(fields, bucket).view(now, s), read straight off the summary
+    when the circuit is closed (every admit reads one per target)."""
+    if fields[0] != b"closed":
+        return CircuitRecord.from_summary(fields, bucket).view(now, s)
+    n, e = int(fields[6]), int(fields[7])
+    ew, tt = fields[3], fields[8]
+    return TargetHealth(CLOSED, float(ew) if ew else None, e / n if n else 0.0, int(float(fields[2])), 0, n,
+                        float(tt) if tt else None)

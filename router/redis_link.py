@@ -30,6 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from router.redis_scripts import SETTLE_HEADER
 from router.redis_wire import Wire, cluster_creds, open_wire, wire_target
 from router.state import StateSettings
 
@@ -51,14 +52,46 @@ class Unavailable(Exception):
 class Command:
     """One script call in a batch. `fut` is None for a call nobody waits on; `orphan` gets
     the reply of a call whose waiter was cancelled (so it can undo what the script took);
-    `replay` keeps the call for when Redis is back if it could not be sent."""
+    `replay` keeps the call for when Redis is back if it could not be sent; `packed` is the
+    call's EVALSHA already in Redis's wire format (see Packer)."""
 
-    __slots__ = ("name", "keys", "args", "fut", "orphan", "replay", "op")
+    __slots__ = ("name", "keys", "args", "fut", "orphan", "replay", "op", "packed")
 
     def __init__(self, op: str, name: str, keys: Sequence[str], args: Sequence[str],
-                 fut: asyncio.Future[Any] | None, orphan: Orphan | None, replay: bool) -> None:
+                 fut: asyncio.Future[Any] | None, orphan: Orphan | None, replay: bool,
+                 packed: bytes | None = None) -> None:
         self.op, self.name, self.keys, self.args = op, name, keys, args
-        self.fut, self.orphan, self.replay = fut, orphan, replay
+        self.fut, self.orphan, self.replay, self.packed = fut, orphan, replay, packed
+
+
+def _bulk(value: str) -> bytes:
+    data = value.encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+class Packer:
+    """One EVALSHA whose keys and most arguments are the same on every call (an admit plan's):
+    packed once, so a call encodes only the arguments at `slots` (hiredis would pack all of
+    them, each time)."""
+
+    __slots__ = ("_head", "_steps", "_tail")
+
+    def __init__(self, sha: str, keys: Sequence[str], args: Sequence[str], slots: Sequence[int]) -> None:
+        fixed = [str(a) for a in ("EVALSHA", sha, len(keys), *keys)]
+        self._head = b"*%d\r\n" % (len(fixed) + len(args)) + b"".join(map(_bulk, fixed))
+        self._steps: list[tuple[bytes, int]] = []
+        at = 0
+        for slot in sorted(slots):
+            self._steps.append((b"".join(map(_bulk, args[at:slot])), slot))
+            at = slot + 1
+        self._tail = b"".join(map(_bulk, args[at:]))
+
+    def pack(self, args: Sequence[str]) -> bytes:
+        out = [self._head]
+        for fixed, slot in self._steps:
+            out += (fixed, _bulk(args[slot]))
+        out.append(self._tail)
+        return b"".join(out)
 
 
 def _merge_settles(batch: list[Command]) -> list[Command]:
@@ -68,7 +101,8 @@ def _merge_settles(batch: list[Command]) -> list[Command]:
     if len(loose) < 2:
         return batch
     keys = [k for c in loose for k in c.keys]
-    args = [str(sum(int(c.args[0]) for c in loose)), *(a for c in loose for a in c.args[1:])]
+    args = [str(sum(int(c.args[0]) for c in loose)), *loose[0].args[1:SETTLE_HEADER],
+            *(a for c in loose for a in c.args[SETTLE_HEADER:])]
     kept = [c for c in batch if not (c.name == "settle" and c.fut is None)]
     return [*kept, Command("settle", "settle", keys, args, None, None, True)]
 
@@ -127,11 +161,16 @@ class RedisLink:
             self._probe_task = asyncio.get_running_loop().create_task(self._probe())
         return False
 
+    def packer(self, name: str, keys: Sequence[str], args: Sequence[str], slots: Sequence[int]) -> Packer:
+        """`name`'s call with these keys and arguments, packed but for the arguments at `slots`."""
+        return Packer(self._shas[name], keys, args, slots)
+
     def call(self, op: str, name: str, keys: Sequence[str], args: Sequence[str], orphan: Orphan | None = None,
-             replay: bool = False) -> asyncio.Future[Any]:
+             replay: bool = False, packer: Packer | None = None) -> asyncio.Future[Any]:
         """The reply of one script call, sent with this iteration's batch; fails with Unavailable."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._enqueue(Command(op, name, keys, args, fut, orphan, replay))
+        packed = packer.pack(args) if packer is not None and self._wire is not None else None
+        self._enqueue(Command(op, name, keys, args, fut, orphan, replay, packed))
         return fut
 
     def send(self, op: str, name: str, keys: Sequence[str], args: Sequence[str], replay: bool = False) -> None:
@@ -166,7 +205,7 @@ class RedisLink:
         """A connected plain redis://: write the batch in this callback, no task; the replies
         are delivered by the wire's future, the timeout by one timer for the batch."""
         loop = asyncio.get_running_loop()
-        packed = b"".join([pack_command(("EVALSHA", self._shas[c.name], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
+        packed = b"".join([c.packed or pack_command(("EVALSHA", self._shas[c.name], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
                            for c in batch])
         fut = wire.send(packed, len(batch))
         timer = loop.call_later(self._s.redis_timeout_s, fut.cancel)

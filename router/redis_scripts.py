@@ -219,13 +219,19 @@ end
 return {1, usages, health, claimed, nows}
 """
 
-# KEYS: each op's keys; ARGV: #ops, then kind/rid/a/b per op: tpm -> tokens a ("refund"
-# drops the entry), rpm/concurrent -> drop the entry, spend (keys: day, month, a marker per
+# KEYS: each op's keys; ARGV: #ops, the health constants (EWMA alpha, error bucket width s,
+# #buckets, health TTL ms), then kind/rid/a/b per op: tpm -> tokens a ("refund" drops the
+# entry), rpm/concurrent -> drop the entry, spend (keys: day, month, a marker per
 # reservation) -> INCRBY a on both, once per reservation however often replayed; b is the
 # day's TTL (ms), the month's is 21 times it; lease (a concurrency slot still in use) -> its
-# deadline moved to now ('' b: Redis's TIME) + a ms, if it is still held.
+# deadline moved to now ('' b: Redis's TIME) + a ms, if it is still held; ok (key: a health
+# hash) -> a successful attempt that was not a probe, latency rid ('' none) into EWMA field
+# a, at time b: LUA_RECORD's rules for that case, which never move the circuit, so many
+# requests' ok records ride in one call with their settles.
+SETTLE_HEADER = 5   # ARGV before the first op
 LUA_SETTLE = """
-local ki, ai = 1, 2
+local alpha, width, nb, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local ki, ai = 1, 6
 for c = 1, tonumber(ARGV[1]) do
   local kind, rid, a, b = ARGV[ai], ARGV[ai + 1], ARGV[ai + 2], ARGV[ai + 3]
   local z = KEYS[ki]
@@ -252,6 +258,19 @@ for c = 1, tonumber(ARGV[1]) do
       redis.call('INCRBY', month, a)
       redis.call('PEXPIRE', month, b * 21)
     end
+  elseif kind == 'ok' then
+    local now, lat = tonumber(clock(b)), tonumber(rid)
+    if lat then
+      local avg = tonumber(redis.call('HGET', z, a))
+      if avg then avg = alpha * lat + (1 - alpha) * avg else avg = lat end
+      redis.call('HSET', z, a, string.format('%.6f', avg))
+    end
+    local cur = math.floor(now / width)
+    local k = cur % nb
+    local bi, bn, be = unpack(redis.call('HMGET', z, 'i' .. k, 'n' .. k, 'e' .. k))
+    if tonumber(bi) ~= cur then bn, be = 0, 0 end
+    redis.call('HSET', z, 'i' .. k, cur, 'n' .. k, tonumber(bn) + 1, 'e' .. k, tonumber(be), 'cf', 0)
+    redis.call('PEXPIRE', z, ttl)
   elseif kind == 'lease' then
     redis.call('ZADD', z, 'XX', string.format('%.6f', tonumber(clock(b)) + tonumber(a) / 1000), rid)
     redis.call('PEXPIRE', z, a)

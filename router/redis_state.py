@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from router.health import BUCKETS, HEALTHY, CircuitRecord, TargetHealth
+from router.health import BUCKETS, HEALTHY, TargetHealth, summary_view
 from router.limits import (
     BUDGET_KINDS, CONCURRENT, DAILY_USD, RPM, TPM, WINDOW_S, Admission, BudgetPeriods, Check, LimitExceeded, LimitSpec,
     Usage, headers_for, plan_checks, state_unavailable, target_checks, to_micro,
 )
 from router.memory_state import MemoryState
-from router.redis_link import RedisLink, Unavailable
+from router.redis_link import Packer, RedisLink, Unavailable
 from router.redis_scripts import LUA_ADMIT, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE
 from router.state import Grant, Rids, StateSettings, TargetGrant, count_rejection, log_transition, set_circuit
 
@@ -60,12 +60,13 @@ def _esc(name: str) -> str:
 
 
 class _Call:
-    """One admit script of a plan: its keys, fixed arguments, and where tpm amounts go."""
+    """One admit script of a plan: its keys, fixed arguments, where tpm amounts go, and the
+    call packed but for what varies per request (time, reservation id, tpm amounts)."""
 
-    __slots__ = ("idx", "keys", "args", "tpm_at")
+    __slots__ = ("idx", "keys", "args", "tpm_at", "packer")
 
-    def __init__(self, idx: list[int], keys: list[str], args: list[str], tpm_at: list[int]) -> None:
-        self.idx, self.keys, self.args, self.tpm_at = idx, keys, args, tpm_at
+    def __init__(self, idx: list[int], keys: list[str], args: list[str], tpm_at: list[int], packer: Packer) -> None:
+        self.idx, self.keys, self.args, self.tpm_at, self.packer = idx, keys, args, tpm_at, packer
 
 
 class _Plan:
@@ -100,6 +101,7 @@ class RedisState:
         self._breaker = [repr(s.cooldown_s), str(s.half_open_probes), self._width, str(BUCKETS)]
         self._record_args = [repr(s.ewma_alpha), str(s.failure_threshold), repr(s.error_rate_threshold),
                              str(s.min_samples), repr(s.cooldown_s), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
+        self._settle_head = [repr(s.ewma_alpha), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
 
     # ---- keys and plans -----------------------------------------------------------------
     def _base(self, scope: str, name: str) -> str:
@@ -120,11 +122,7 @@ class RedisState:
         """The time a script runs at: '' lets Redis use its own clock."""
         return "" if self._s.redis_clock else f"{self._clock():.6f}"
 
-    def _plan(self, cache_key: tuple[Any, ...], checks: list[Check], health_ids: Sequence[str], probing: bool,
-              day: str, month: str) -> _Plan:
-        plan = self._plans.get(cache_key)
-        if plan is not None:
-            return plan
+    def _plan(self, checks: list[Check], health_ids: Sequence[str], probing: bool, day: str, month: str) -> _Plan:
         keys = [self._keys(c, day, month) for c in checks]
         health = [self._health_key(t) for t in health_ids]
         groups: list[list[int]]
@@ -145,10 +143,18 @@ class RedisState:
                 if c.kind == TPM:
                     tpm_at.append(len(args) + 2)
                 args += [c.kind, str(c.limit), str(c.amount)]
-            calls.append(_Call(idx, [k for i in idx for k in keys[i]] + tail, args, tpm_at))
-        if len(self._plans) >= PLAN_CACHE:
-            self._plans.clear()
-        plan = self._plans[cache_key] = _Plan(tuple(checks), keys, calls, health if self.cluster and not probing else [])
+            call_keys = [k for i in idx for k in keys[i]] + tail
+            slots = [0, 1, *(at + 2 for at in tpm_at)]   # now, rid, tpm amounts
+            packer = self._link.packer("admit", call_keys, ["", "", *args], slots)
+            calls.append(_Call(idx, call_keys, args, tpm_at, packer))
+        return _Plan(tuple(checks), keys, calls, health if self.cluster and not probing else [])
+
+    def _cached(self, cache_key: tuple[Any, ...], build: Any, *how: Any) -> _Plan:
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            if len(self._plans) >= PLAN_CACHE:
+                self._plans.clear()
+            plan = self._plans[cache_key] = self._plan(build(), *how)
         return plan
 
     # ---- running checks -----------------------------------------------------------------
@@ -161,7 +167,8 @@ class RedisState:
             args = [now, rid, *call.args]
             for at in call.tpm_at:
                 args[at + 2] = tok
-            futs.append(self._link.call("admit", "admit", call.keys, args, self._orphan(plan, call.idx, rid)))
+            futs.append(self._link.call("admit", "admit", call.keys, args, self._orphan(plan, call.idx, rid),
+                                        packer=call.packer))
         futs += [self._link.call("health", "health", [k], [now, self._width, str(BUCKETS)]) for k in plan.health]
         replies: list[Any] = [await futs[0]] if len(futs) == 1 else await asyncio.gather(*futs, return_exceptions=True)
         failed = next((r for r in replies if isinstance(r, BaseException)), None)
@@ -213,7 +220,7 @@ class RedisState:
     def _views(self, target_ids: Sequence[str], summaries: Sequence[list[Any]], now: float | None) -> dict[str, TargetHealth]:
         t = now if now is not None else self._clock()
         bucket = int(t // (self._s.error_window_s / BUCKETS))
-        out = {tid: CircuitRecord.from_summary(f, bucket).view(t, self._s) for tid, f in zip(target_ids, summaries, strict=True)}
+        out = {tid: summary_view(f, bucket, t, self._s) for tid, f in zip(target_ids, summaries, strict=True)}
         set_circuit(self._metrics, out)
         return out
 
@@ -223,7 +230,7 @@ class RedisState:
         day, month, _, _ = self._periods(self._clock())
         ids = tuple(target_ids)
         key = (adm.key, adm.key_limits, adm.key_budget, adm.model, adm.model_limits, ids, day, month)
-        plan = self._plan(key, plan_checks(adm), ids, False, day, month)
+        plan = self._cached(key, lambda: plan_checks(adm), ids, False, day, month)
         tokens = max(0, adm.tokens)
         if not plan.calls and not plan.health:
             return Grant({}, rid, adm.key, (), tokens, "redis", plan=plan), {}
@@ -254,8 +261,8 @@ class RedisState:
     async def reserve_target(self, target_id: str, limits: LimitSpec, tokens: int) -> TargetGrant | None:
         rid = self._rid()
         day, month, _, _ = self._periods(self._clock())
-        plan = self._plan(("target", target_id, limits), target_checks(target_id, limits, tokens), (target_id,), True,
-                          day, month)
+        plan = self._cached(("target", target_id, limits), lambda: target_checks(target_id, limits, tokens),
+                            (target_id,), True, day, month)
         if self._link.available():
             try:
                 usages, _, claimed, _ = await self._run(plan, rid, tokens)
@@ -301,7 +308,7 @@ class RedisState:
     def _batches(self, ops: Ops) -> list[tuple[list[str], list[str]]]:
         """One settle script per hash tag in Cluster, one for everything standalone (ops are
         grouped under one tag there already)."""
-        return [(keys, [str(len(args) // 4), *args]) for keys, args in ops.values() if keys]
+        return [(keys, [str(len(args) // 4), *self._settle_head, *args]) for keys, args in ops.values() if keys]
 
     def _send_ops(self, ops: Ops) -> None:
         for keys, args in self._batches(ops):
@@ -353,6 +360,11 @@ class RedisState:
 
     def record_soon(self, target_id: str, ok: bool | None, latency_s: float | None, stream: bool = False,
                     probe: bool = False) -> None:
+        if ok and not probe and self._link.available():
+            # The common case, which never moves a circuit: nobody waits for it, and it rides
+            # in the batch's one settle call with every other request's.
+            self._link.send("record", "settle", [self._health_key(target_id)], self._ok_argv(latency_s, stream))
+            return
         self._record(target_id, ok, latency_s, stream, probe)
 
     async def record(self, target_id: str, ok: bool | None, latency_s: float | None, stream: bool = False,
@@ -361,11 +373,20 @@ class RedisState:
         if fut is not None:
             await asyncio.gather(fut, return_exceptions=True)
 
+    def _ok_argv(self, latency_s: float | None, stream: bool) -> list[str]:
+        return ["1", *self._settle_head, "ok", "" if latency_s is None else repr(float(latency_s)),
+                "tt" if stream else "ew", self._now()]
+
     def _record(self, target_id: str, ok: bool | None, latency_s: float | None, stream: bool,
                 probe: bool) -> asyncio.Future[Any] | None:
         if not self._link.available():
             self._local.record_soon(target_id, ok, latency_s, stream, probe)
             return None
+        if ok and not probe:
+            fut = self._link.call("record", "settle", [self._health_key(target_id)], self._ok_argv(latency_s, stream))
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception() is None or
+                                  self._local.record_soon(target_id, ok, latency_s, stream, probe))
+            return fut
         fut = self._link.call("record", "record", [self._health_key(target_id)],
                               self._record_argv(ok, latency_s, stream, probe))
 
