@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from router.background import Background
@@ -20,6 +19,7 @@ from router.reload import Routes, install_sighup
 from router.routes import RouteTable, load
 from router.settings import SETTINGS, ServeSettings
 from router.backends import create_state
+from router.upstream import Upstream
 from router.state import StateSettings
 
 # aiohttp reads the whole body before a handler runs; the routes table's own (reloadable)
@@ -45,7 +45,7 @@ def create_app(settings: ServeSettings, table: RouteTable | None = None, *,
     app.cleanup_ctx.append(drain.ctx)
     app.on_response_prepare.append(stamp_headers)
     app.cleanup_ctx.append(_shared_state)
-    app.cleanup_ctx.append(_client_session)
+    app.cleanup_ctx.append(_upstream)
     app.cleanup_ctx.append(renew_leases)
     if watch:
         app.cleanup_ctx.append(_reloader)
@@ -67,14 +67,13 @@ async def _shared_state(app: web.Application) -> AsyncIterator[None]:
     await state.close()
 
 
-async def _client_session(app: web.Application) -> AsyncIterator[None]:
-    """One pooled session for every upstream call; per-attempt timeouts are set by the proxy."""
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=512, ttl_dns_cache=300, enable_cleanup_closed=True)
-    session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10),
-                                    auto_decompress=True, raise_for_status=False, skip_auto_headers=("User-Agent",))
-    app[PROXY] = Proxy(session, app[METRICS], app[STATE])
+async def _upstream(app: web.Application) -> AsyncIterator[None]:
+    """One pool of keep-alive connections for every upstream call; per-attempt timeouts are
+    set by the proxy."""
+    upstream = Upstream(limit_per_host=512)
+    app[PROXY] = Proxy(upstream, app[METRICS], app[STATE])
     yield
-    await session.close()
+    await upstream.close()
 
 
 async def _reloader(app: web.Application) -> AsyncIterator[None]:

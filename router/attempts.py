@@ -8,24 +8,24 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import aiohttp
 
 from router.exchange import Exchange
 from router.metrics import Metrics
 from router.normalize import Normalized
 from router.state import SharedState
 from router.table import Target
+from router.upstream import Upstream, UpstreamResponse
 
 
 class Attempts(Protocol):
-    session: aiohttp.ClientSession
+    upstream: Upstream
     metrics: Metrics
     state: SharedState
 
     async def open_upstream(self, ex: Exchange, target: Target, norm: Normalized, payload: bytes,
-                            deadline: float) -> tuple[aiohttp.ClientResponse, float]: ...
+                            deadline: float) -> tuple[UpstreamResponse, float]: ...
 
-    async def read_answer(self, provider: str, resp: aiohttp.ClientResponse) -> dict[str, Any]: ...
+    async def read_answer(self, provider: str, resp: UpstreamResponse) -> dict[str, Any]: ...
 
     def count_attempt(self, target: Target, outcome: str | None, started: float, ex: Exchange,
                       ended: float | None = None) -> None: ...

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-import aiohttp
 
 from providers.base import UpstreamError, Unsupported
 from router.candidates import Candidate
@@ -22,8 +21,9 @@ from router.split import payloads
 from router.state import TargetGrant
 from router.strategies import usable
 from router.streaming import Opened
+from router.upstream import UpstreamResponse
 
-Leg = tuple[Candidate, aiohttp.ClientResponse, Opened, float]
+Leg = tuple[Candidate, UpstreamResponse, Opened, float]
 
 
 async def race(onward: Onward, cand: Candidate, payload: bytes, limit: float) -> Leg:
@@ -34,9 +34,9 @@ async def race(onward: Onward, cand: Candidate, payload: bytes, limit: float) ->
     h = onward.health.get(cand.target.id) if onward.health else None
     threshold = onward.hedge.threshold_s(h.ttft_ewma if h is not None else None)
     started = time.monotonic()
-    first: asyncio.Future[tuple[aiohttp.ClientResponse, Opened]] = asyncio.ensure_future(
-        open_events(proxy.session, ex, cand.target, norm.endpoint, payload, limit))
-    tasks: dict[asyncio.Future[tuple[aiohttp.ClientResponse, Opened]], tuple[Candidate, float, TargetGrant | None]] = {
+    first: asyncio.Future[tuple[UpstreamResponse, Opened]] = asyncio.ensure_future(
+        open_events(proxy.upstream, ex, cand.target, norm.endpoint, payload, limit))
+    tasks: dict[asyncio.Future[tuple[UpstreamResponse, Opened]], tuple[Candidate, float, TargetGrant | None]] = {
         first: (cand, started, onward.grant)}
     try:
         done, _ = await asyncio.wait({first}, timeout=min(threshold, limit))
@@ -50,7 +50,7 @@ async def race(onward: Onward, cand: Candidate, payload: bytes, limit: float) ->
         other, other_payload, grant = spare
         ex.attempts += 1
         proxy.metrics.hedges_started.labels(cand.public, other.target.provider).inc()
-        second = asyncio.ensure_future(open_events(proxy.session, ex, other.target, norm.endpoint, other_payload,
+        second = asyncio.ensure_future(open_events(proxy.upstream, ex, other.target, norm.endpoint, other_payload,
                                                    limit - (time.monotonic() - started)))
         tasks[second] = (other, time.monotonic(), grant)
         pending = set(tasks)

@@ -26,6 +26,7 @@ from router.state import TargetGrant
 from router.streaming import Opened, open_stream, read_body
 from router.table import Target
 from router.watchdog import Watchdog
+from router.upstream import Upstream, UpstreamResponse
 
 NO_LIMITS = LimitSpec()
 
@@ -61,20 +62,19 @@ class Onward:
             self.proxy.state.settle_soon(None, grant, used, 0.0)
 
 
-async def open_events(session: aiohttp.ClientSession, ex: Exchange, target: Target, endpoint: str,
-                      payload: bytes, limit: float) -> tuple[aiohttp.ClientResponse, Opened]:
+async def open_events(upstream: Upstream, ex: Exchange, target: Target, endpoint: str,
+                      payload: bytes, limit: float) -> tuple[UpstreamResponse, Opened]:
     """One streamed call up to its first event within `limit` seconds; UpstreamError otherwise,
     its connection closed (also when cancelled: a losing hedge hangs up at once)."""
     adapter = target.adapter
     loop = asyncio.get_running_loop()
     hard = loop.time() + limit
-    timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=min(target.connect_timeout_s, limit))
     headers = {**adapter.headers, "X-Request-Id": ex.request_id}
-    resp: aiohttp.ClientResponse | None = None
+    resp: UpstreamResponse | None = None
     try:
         try:
             async with Watchdog(hard) as wd:
-                resp = await session.post(adapter.urls[endpoint], data=payload, headers=headers, timeout=timeout)
+                resp = await upstream.post(adapter.urls[endpoint], payload, headers, min(target.connect_timeout_s, limit))
                 if resp.status != 200:
                     raw = await read_body(resp, target.provider, wd, hard, target.idle_timeout_s, MAX_ERROR_BODY,
                                           cut_ok=True)

@@ -36,6 +36,7 @@ from router.state import Grant, SharedState, TargetGrant
 from router.streaming import MAX_ANSWER_BODY, open_stream, read_body, relay_stream
 from router.table import Target
 from router.watchdog import Watchdog
+from router.upstream import Upstream, UpstreamResponse
 
 
 NO_LIMITS = LimitSpec()
@@ -48,11 +49,10 @@ UNHEALTHY = frozenset({"timeout", "connect", "server_error", "rate_limited", "up
 class Proxy:
     """Sends one normalized request to its candidates; shared by every request of an app."""
 
-    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics, state: SharedState) -> None:
-        self.session = session
+    def __init__(self, upstream: Upstream, metrics: Metrics, state: SharedState) -> None:
+        self.upstream = upstream
         self.metrics = metrics
         self.state = state
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # by connect timeout: one per value, not per attempt
 
     async def serve(self, request: web.Request, ex: Exchange, norm: Normalized, candidates: list[Candidate],
                     health: Mapping[str, TargetHealth] | None = None, tokens: int = 0) -> web.StreamResponse:
@@ -201,16 +201,11 @@ class Proxy:
         # do not move it, and it never passes the request's deadline.
         limit = min(target.timeout_s, remaining, target.idle_timeout_s if norm.stream else remaining)
         hard = loop.time() + limit
-        timeout = self._timeouts.get(target.connect_timeout_s) if limit >= target.connect_timeout_s else None
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=min(target.connect_timeout_s, limit))
-            if limit >= target.connect_timeout_s:
-                self._timeouts[target.connect_timeout_s] = timeout
         headers = {**adapter.headers, "X-Request-Id": ex.request_id}
         started = time.monotonic()
         outcome: str | None = None   # stays None unless the attempt completes: no health verdict
         ended: float | None = None
-        resp: aiohttp.ClientResponse | None = None
+        resp: UpstreamResponse | None = None
         try:
             if onward is not None and onward.hedge is not None and norm.stream:
                 # The first event from this target or, once it is late, from the next one.
@@ -220,8 +215,8 @@ class Proxy:
             else:
                 try:
                     async with Watchdog(hard) as wd:
-                        resp = await self.session.post(adapter.urls[norm.endpoint], data=payload, headers=headers,
-                                                       timeout=timeout)
+                        resp = await self.upstream.post(adapter.urls[norm.endpoint], payload, headers,
+                                                        min(target.connect_timeout_s, limit))
                         if resp.status != 200:
                             raw = await read_body(resp, target.provider, wd, hard, target.idle_timeout_s,
                                                   MAX_ERROR_BODY, cut_ok=True)
@@ -269,21 +264,20 @@ class Proxy:
             self.count_attempt(target, outcome, started, ex, ended)
 
     async def open_upstream(self, ex: Exchange, target: Target, norm: Normalized, payload: bytes,
-                            deadline: float) -> tuple[aiohttp.ClientResponse, float]:
+                            deadline: float) -> tuple[UpstreamResponse, float]:
         """One upstream call that answered 200, and when it started; a failed one is counted and raised."""
         adapter = target.adapter
         remaining = deadline - time.monotonic()
-        if norm.stream:
-            timeout = aiohttp.ClientTimeout(total=None, connect=min(target.connect_timeout_s, remaining),
-                                            sock_read=min(target.timeout_s, remaining))
-        else:
-            timeout = aiohttp.ClientTimeout(total=min(target.timeout_s, remaining),
-                                            connect=target.connect_timeout_s)
+        connect = min(target.connect_timeout_s, remaining)
         headers = {**adapter.headers, "X-Request-Id": ex.request_id}
         started = time.monotonic()
         try:
-            resp = await self.session.post(adapter.urls[norm.endpoint], data=payload, headers=headers,
-                                           timeout=timeout)
+            if norm.stream:   # each wait for the next bytes is bounded; the stream as a whole is not
+                resp = await self.upstream.post(adapter.urls[norm.endpoint], payload, headers, connect,
+                                                read_s=min(target.timeout_s, remaining))
+            else:
+                resp = await self.upstream.post(adapter.urls[norm.endpoint], payload, headers, connect,
+                                                total_s=min(target.timeout_s, remaining))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             err = transport_error(target.provider, exc)
             self.count_attempt(target, err.reason, started, ex)
@@ -301,7 +295,7 @@ class Proxy:
         return resp, started
 
     @classmethod
-    async def read_answer(cls, provider: str, resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    async def read_answer(cls, provider: str, resp: UpstreamResponse) -> dict[str, Any]:
         """A whole answer's JSON, read to the end; see parse_answer."""
         try:
             raw = await resp.read()

@@ -20,7 +20,6 @@ import logging
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from providers.base import UpstreamError, Unsupported
@@ -29,6 +28,7 @@ from router.onward import Onward, first_event_limit, open_events
 from router.schema import Endpoint
 from router.streaming import Continued
 from router.table import Target
+from router.upstream import UpstreamResponse
 
 log = logging.getLogger("router.stream")
 
@@ -53,7 +53,7 @@ class Resumer:
         self.left = onward.resume.max_resumes
         self.tried = {serving.id}
         self.serving = serving
-        self.part: tuple[Target, aiohttp.ClientResponse, float, float] | None = None   # a continuation's
+        self.part: tuple[Target, UpstreamResponse, float, float] | None = None   # a continuation's
 
     async def next(self, said: str, failure_provider: str) -> Continued | None:
         """The next target's continuation of `said`, or None when none can continue it. The part
@@ -81,7 +81,7 @@ class Resumer:
             ex.attempts += 1
             started = time.monotonic()
             try:
-                resp, opened = await open_events(onward.proxy.session, ex, target, norm.endpoint, payload,
+                resp, opened = await open_events(onward.proxy.upstream, ex, target, norm.endpoint, payload,
                                                  first_event_limit(target, float("inf")))
             except UpstreamError as err:
                 onward.release(grant)

@@ -34,6 +34,7 @@ from router.normalize import Normalized
 from router.sse import DONE, encode
 from router.streaming import SSE_HEADERS, broken_stream, first_events, load_event
 from router.table import Target
+from router.upstream import UpstreamResponse
 
 log = logging.getLogger("router.stream")
 T = TypeVar("T")
@@ -140,7 +141,7 @@ class _Part:
     """One prompt's upstream stream."""
 
     base: int                                   # index of its first choice in the answer
-    resp: aiohttp.ClientResponse | None = None
+    resp: UpstreamResponse | None = None
     started: float = 0.0
     first_at: float | None = None
     events: AsyncIterator[list[bytes]] | None = None

@@ -28,6 +28,7 @@ from router.normalize import Normalized
 from router.sse import DONE, encode, event_batches
 from router.table import Target
 from router.watchdog import Watchdog
+from router.upstream import UpstreamResponse
 
 log = logging.getLogger("router.stream")
 
@@ -67,7 +68,7 @@ class Continued:
     """A continuation whose first event arrived: relay_stream switches to it."""
 
     cand: Candidate
-    resp: aiohttp.ClientResponse
+    resp: UpstreamResponse
     opened: Opened
 
 
@@ -79,7 +80,7 @@ class Continuer(Protocol):
     def finish(self, broken: bool, gone: bool) -> None: ...
 
 
-async def read_body(resp: aiohttp.ClientResponse, provider: str, wd: Watchdog, hard: float, idle: float,
+async def read_body(resp: UpstreamResponse, provider: str, wd: Watchdog, hard: float, idle: float,
                     cap: int, cut_ok: bool = False) -> bytes:
     """A whole body under `wd`: silence longer than `idle` between reads (or passing `hard`)
     ends it. Past `cap` bytes it is refused, or with `cut_ok` (an error body, whose status
@@ -105,7 +106,7 @@ async def read_body(resp: aiohttp.ClientResponse, provider: str, wd: Watchdog, h
     return b"".join(chunks)
 
 
-async def open_stream(adapter: Adapter, provider: str, resp: aiohttp.ClientResponse) -> Opened:
+async def open_stream(adapter: Adapter, provider: str, resp: UpstreamResponse) -> Opened:
     """Wait for a stream's first event and check it; raises UpstreamError (or the transport's
     error) so the caller can still fall over, since nothing went to the client yet."""
     upstream = event_batches(resp.content).__aiter__()
@@ -126,7 +127,7 @@ async def open_stream(adapter: Adapter, provider: str, resp: aiohttp.ClientRespo
     return Opened(upstream, batch, obj)
 
 
-async def first_events(adapter: Adapter, provider: str, resp: aiohttp.ClientResponse
+async def first_events(adapter: Adapter, provider: str, resp: UpstreamResponse
                        ) -> tuple[AsyncIterator[list[bytes]], list[bytes], dict[str, Any]]:
     """open_stream for a caller without a watchdog of its own (a split prompt's part): the
     transport's errors become the vendor's failure too."""
@@ -138,7 +139,7 @@ async def first_events(adapter: Adapter, provider: str, resp: aiohttp.ClientResp
 
 
 async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, public: str, target: Target,
-                       resp: aiohttp.ClientResponse, metrics: Metrics, opened: Opened,
+                       resp: UpstreamResponse, metrics: Metrics, opened: Opened,
                        resumer: Continuer | None = None) -> Relayed:
     adapter = target.adapter
     provider = target.provider
@@ -341,7 +342,7 @@ class ClientStalled(Exception):
     """A write to the client made no progress within the stream's idle limit."""
 
 
-def _client_failed(ex: Exchange, request: web.Request, resp: aiohttp.ClientResponse, code: str,
+def _client_failed(ex: Exchange, request: web.Request, resp: UpstreamResponse, code: str,
                    why: str | None) -> None:
     """The client, not the vendor, ended the stream: close both sides, log it as the client's."""
     ex.status = 499

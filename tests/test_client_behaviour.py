@@ -65,7 +65,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_connection_and_i
     seen = len(sent)
     assert seen < 50, f"upstream kept streaming after the client left ({seen} events)"
     assert await wait_for(lambda: len(asyncio.all_tasks()) <= tasks_before), "tasks left behind"
-    assert proxy.app[PROXY].session.connector is not None
+    assert not proxy.app[PROXY].upstream.closed
     await asyncio.sleep(0.3)
     assert len(sent) == seen, "upstream still streaming"
 

@@ -415,6 +415,9 @@ def main() -> int:
     ap.add_argument("--litellm", metavar="PATH", help="LiteLLM's CLI (from its own venv) to add as a contender")
     ap.add_argument("--portkey", metavar="PATH", help="Portkey gateway's start script (node build/start-server.js)")
     ap.add_argument("--router-src", metavar="DIR", help="run the router from this source tree (PYTHONPATH)")
+    ap.add_argument("--baseline-src", metavar="DIR",
+                    help="also run the router from this tree (e.g. `git archive HEAD~ router providers`), as "
+                         "'base' and 'base+redis': a change measured side by side with what it changes")
     ap.add_argument("--only", help="comma-separated contenders to run (relay,router,router+redis,...)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -465,6 +468,12 @@ def main() -> int:
                    "router": (router, env, 15.0)}
             for name, url in redis_urls.items():
                 out[name] = (router, dict(env, REDIS_URL=url), 15.0)
+            if args.baseline_src:
+                base_env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [args.baseline_src,
+                                                                              os.environ.get("PYTHONPATH")])))
+                out["base"] = (router, base_env, 15.0)
+                for name, url in redis_urls.items():
+                    out[name.replace("router", "base")] = (router, dict(base_env, REDIS_URL=url), 15.0)
             if args.litellm:
                 (tmp / "litellm.yaml").write_text(LITELLM_CONFIG % up)
                 lenv = dict(os.environ, LITELLM_MASTER_KEY=key, LITELLM_LOG="ERROR", LITELLM_MODE="PRODUCTION",
