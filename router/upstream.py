@@ -84,14 +84,14 @@ class UpstreamResponse:
             self._done = True
             if self._timer is not None:
                 self._timer.cancel()
-            self._client._hang_up(self._origin, self._proto)
+            self._client._hang_up(self._origin, self._proto, self)
 
     def _eof(self) -> None:
         if not self._done:
             self._done = True
             if self._timer is not None:
                 self._timer.cancel()
-            self._client._give_back(self._origin, self._proto)
+            self._client._give_back(self._origin, self._proto, self)
 
     def _notify(self) -> None:
         # as aiohttp's ClientResponse: a read after the end of the call fails instead of waiting
@@ -108,6 +108,7 @@ class Upstream:
         self._origins: dict[str, _Origin] = {}
         self._targets: dict[str, tuple[_Origin, bytes]] = {}   # url -> (origin, "POST <path> HTTP/1.1\r\nHost: ..")
         self._tls: ssl.SSLContext | None = None
+        self._open: set[UpstreamResponse] = set()   # answers whose connection is still theirs
         self.closed = False
 
     async def post(self, url: str, data: bytes, headers: Mapping[str, str], connect_s: float | None,
@@ -157,6 +158,7 @@ class Upstream:
             timer.cancel()
             timer = loop.call_at(deadline, _expire, proto, payload)   # type: ignore[arg-type]
         resp = UpstreamResponse(self, origin, proto, message.code, message.reason, message.headers, payload, timer)
+        self._open.add(resp)
         payload.on_eof(resp._eof)
         return resp
 
@@ -221,8 +223,9 @@ class Upstream:
             raise aiohttp.ClientConnectorError(origin.key, exc) from None
         return proto
 
-    def _give_back(self, origin: _Origin, proto: ResponseHandler) -> None:
+    def _give_back(self, origin: _Origin, proto: ResponseHandler, resp: UpstreamResponse) -> None:
         """A call's connection, free again: kept for the next call if its answer was read whole."""
+        self._open.discard(resp)
         origin.busy -= 1
         if not self.closed and not proto.should_close and proto.is_connected():
             origin.idle.append((proto, asyncio.get_running_loop().time()))
@@ -235,7 +238,8 @@ class Upstream:
             self._drop(origin, proto)
         origin.wake()
 
-    def _hang_up(self, origin: _Origin, proto: ResponseHandler) -> None:
+    def _hang_up(self, origin: _Origin, proto: ResponseHandler, resp: UpstreamResponse | None = None) -> None:
+        self._open.discard(resp)   # type: ignore[arg-type]
         origin.busy -= 1
         self._drop(origin, proto)
         origin.wake()
@@ -246,8 +250,10 @@ class Upstream:
         proto.close()
 
     async def close(self) -> None:
-        """Hang up every connection, idle or in use."""
+        """Hang up every connection, idle or in use (a read still waiting fails)."""
         self.closed = True
+        for resp in list(self._open):
+            resp.close()
         for origin in self._origins.values():
             origin.idle.clear()
             for proto in list(origin.live):
