@@ -185,6 +185,7 @@ class Metrics:
 
         self._circuit_seen: dict[str, str] = {}
         self._series: dict[tuple[str, str, str, str, bool, int], RequestSeries] = {}
+        self._attempts: dict[tuple[str, str], tuple[Any, Any]] = {}
         # Series an alert watches with increase() must exist at 0 before their first event.
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
@@ -206,6 +207,15 @@ class Metrics:
                 self.tokens.labels(model, provider, key, "cached"),
                 self.spend.labels(key, model, provider),
             )
+        return series
+
+    def attempt_series(self, provider: str, outcome: str) -> tuple[Any, Any]:
+        """(attempts counter, upstream duration histogram) of one provider and outcome, looked
+        up once per pair, as request_series."""
+        series = self._attempts.get((provider, outcome))
+        if series is None:
+            series = self._attempts[(provider, outcome)] = (self.attempts.labels(provider, outcome),
+                                                             self.upstream_duration.labels(provider, outcome))
         return series
 
     def set_circuit(self, target: str, state: str) -> None:

@@ -320,10 +320,11 @@ class Proxy:
         ex.upstream_s += elapsed
         if outcome is None:
             # Cancelled (the client left) or a bug: the upstream earned no verdict either way.
-            self.metrics.attempts.labels(target.provider, "aborted").inc()
+            self.metrics.attempt_series(target.provider, "aborted")[0].inc()
             return
-        self.metrics.attempts.labels(target.provider, outcome).inc()
-        self.metrics.upstream_duration.labels(target.provider, outcome).observe(elapsed)
+        attempts, duration = self.metrics.attempt_series(target.provider, outcome)
+        attempts.inc()
+        duration.observe(elapsed)
         if outcome == "ok":
             ex.healthy.append((target.id, elapsed))   # recorded when the request settles
             ex.judged.add(target.id)
