@@ -10,7 +10,7 @@ from aiohttp import web
 from router.background import Background
 from router.access_log import ACCESS_LOG, AccessLog
 from router.drain import DRAIN, Drain
-from router.edge import METRICS, edge, stamp_headers
+from router.edge import METRICS, edge
 from router.handlers import PROXY, ROUTES, STATE, add_routes
 from router.leases import renew_leases
 from router.metrics import Metrics
@@ -43,7 +43,6 @@ def create_app(settings: ServeSettings, table: RouteTable | None = None, *,
     app[DRAIN] = drain = Drain(settings.shutdown_grace_s)
     app.on_shutdown.append(drain.begin)
     app.cleanup_ctx.append(drain.ctx)
-    app.on_response_prepare.append(stamp_headers)
     app.cleanup_ctx.append(_shared_state)
     app.cleanup_ctx.append(_upstream)
     app.cleanup_ctx.append(renew_leases)

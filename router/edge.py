@@ -1,8 +1,8 @@
 """The edge of every request: its Exchange, its error encoding, its headers, its record.
 
 One middleware wraps every handler so that whatever goes wrong, the client gets OpenAI's
-error shape; `on_response_prepare` stamps the router headers on every response, streams
-and errors included (a middleware cannot add headers to a stream already sent). When a
+error shape and the router headers (a stream, already sent when its handler returns, gets
+them from the relay just before its headers go out: `Exchange.stamp`). When a
 generation request ends, it is counted in the metrics and written as one JSON log line.
 """
 
@@ -51,6 +51,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         if not ex.status:
             ex.status = response.status
+        if not response.prepared:
+            ex.stamp(response)
         return response
     except RouterError as err:
         return _fail(ex, err)
@@ -80,20 +82,9 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
 def _fail(ex: Exchange, err: RouterError) -> web.Response:
     ex.status = err.status
     ex.error_code = err.code or err.type   # the access log names every error, code or not
-    return error_response(err)
-
-
-async def stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
-    ex = request.get(EXCHANGE)
-    if ex is None:
-        return
-    h = response.headers
-    h["x-request-id"] = ex.request_id
-    h["x-router-provider"] = ex.provider or "none"
-    h["x-router-model"] = ex.vendor_model or "none"
-    h["x-router-attempts"] = str(ex.attempts)
-    if ex.headers:
-        h.update(ex.headers)
+    response = error_response(err)
+    ex.stamp(response)
+    return response
 
 
 def record(metrics: Metrics, access_log: AccessLog, ex: Exchange) -> None:

@@ -88,6 +88,16 @@ class Exchange:
     resumes: list[str] = field(default_factory=list)   # "from->to" provider of each resume
     hedge: str | None = None      # "first" or "hedge": which side won a hedged start
 
+    def stamp(self, response: web.StreamResponse) -> None:
+        """The router's headers on a response not yet sent: errors and streams included."""
+        h = response.headers
+        h["x-request-id"] = self.request_id
+        h["x-router-provider"] = self.provider or "none"
+        h["x-router-model"] = self.vendor_model or "none"
+        h["x-router-attempts"] = str(self.attempts)
+        if self.headers:
+            h.update(self.headers)
+
     def cost(self) -> float:
         """USD from each part's target's price table (per million tokens) and its usage."""
         cost = _cost(self.price, self.prompt_tokens, self.completion_tokens, self.cached_tokens)

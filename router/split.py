@@ -188,6 +188,7 @@ async def _stream(proxy: Attempts, request: web.Request, ex: Exchange, norm: Nor
         ex.served = True
         response = web.StreamResponse(headers=SSE_HEADERS)
         ex.committed = True
+        ex.stamp(response)
         await response.prepare(request)
         ex.ttft_s = first_at - ex.started
         proxy.metrics.ttft.labels(public, provider).observe(ex.ttft_s)

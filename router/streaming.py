@@ -153,6 +153,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     response = web.StreamResponse(headers=SSE_HEADERS)
     ex.committed = True
     ex.upstream = resp
+    ex.stamp(response)
     await response.prepare(request)
     if request.transport is not None:
         request.transport.set_write_buffer_limits(high=CLIENT_BUFFER_BYTES)
