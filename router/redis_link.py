@@ -30,6 +30,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from router.redis_resp import Packer, SettleOps
 from router.redis_scripts import SETTLE_HEADER
 from router.redis_wire import Wire, cluster_creds, open_wire, wire_target
 from router.state import StateSettings
@@ -53,45 +54,32 @@ class Command:
     """One script call in a batch. `fut` is None for a call nobody waits on; `orphan` gets
     the reply of a call whose waiter was cancelled (so it can undo what the script took);
     `replay` keeps the call for when Redis is back if it could not be sent; `packed` is the
-    call's EVALSHA already in Redis's wire format (see Packer)."""
+    call's EVALSHA already in Redis's wire format (see Packer); a settle may come as `ops`
+    in wire format instead of keys and args (decoded only for a path that needs them)."""
 
-    __slots__ = ("name", "keys", "args", "fut", "orphan", "replay", "op", "packed")
+    __slots__ = ("name", "_keys", "_args", "fut", "orphan", "replay", "op", "packed", "ops")
 
-    def __init__(self, op: str, name: str, keys: Sequence[str], args: Sequence[str],
+    def __init__(self, op: str, name: str, keys: Sequence[str] | None, args: Sequence[str] | None,
                  fut: asyncio.Future[Any] | None, orphan: Orphan | None, replay: bool,
-                 packed: bytes | None = None) -> None:
-        self.op, self.name, self.keys, self.args = op, name, keys, args
-        self.fut, self.orphan, self.replay, self.packed = fut, orphan, replay, packed
+                 packed: bytes | None = None, ops: SettleOps | None = None) -> None:
+        self.op, self.name, self._keys, self._args = op, name, keys, args
+        self.fut, self.orphan, self.replay, self.packed, self.ops = fut, orphan, replay, packed, ops
 
+    @property
+    def keys(self) -> Sequence[str]:
+        if self._keys is None:
+            self._decode()
+        return self._keys  # type: ignore[return-value]
 
-def _bulk(value: str) -> bytes:
-    data = value.encode()
-    return b"$%d\r\n%b\r\n" % (len(data), data)
+    @property
+    def args(self) -> Sequence[str]:
+        if self._args is None:
+            self._decode()
+        return self._args  # type: ignore[return-value]
 
-
-class Packer:
-    """One EVALSHA whose keys and most arguments are the same on every call (an admit plan's):
-    packed once, so a call encodes only the arguments at `slots` (hiredis would pack all of
-    them, each time)."""
-
-    __slots__ = ("_head", "_steps", "_tail")
-
-    def __init__(self, sha: str, keys: Sequence[str], args: Sequence[str], slots: Sequence[int]) -> None:
-        fixed = [str(a) for a in ("EVALSHA", sha, len(keys), *keys)]
-        self._head = b"*%d\r\n" % (len(fixed) + len(args)) + b"".join(map(_bulk, fixed))
-        self._steps: list[tuple[bytes, int]] = []
-        at = 0
-        for slot in sorted(slots):
-            self._steps.append((b"".join(map(_bulk, args[at:slot])), slot))
-            at = slot + 1
-        self._tail = b"".join(map(_bulk, args[at:]))
-
-    def pack(self, args: Sequence[str]) -> bytes:
-        out = [self._head]
-        for fixed, slot in self._steps:
-            out += (fixed, _bulk(args[slot]))
-        out.append(self._tail)
-        return b"".join(out)
+    def _decode(self) -> None:
+        assert self.ops is not None
+        self._keys, self._args = self.ops.argv()
 
 
 def _merge_settles(batch: list[Command]) -> list[Command]:
@@ -100,11 +88,14 @@ def _merge_settles(batch: list[Command]) -> list[Command]:
     loose = [c for c in batch if c.name == "settle" and c.fut is None]
     if len(loose) < 2:
         return batch
-    keys = [k for c in loose for k in c.keys]
-    args = [str(sum(int(c.args[0]) for c in loose)), *loose[0].args[1:SETTLE_HEADER],
-            *(a for c in loose for a in c.args[SETTLE_HEADER:])]
+    merged: SettleOps | None = None
+    for c in loose:
+        ops = c.ops or SettleOps.from_argv(c.keys, c.args, SETTLE_HEADER)
+        if merged is None:
+            merged = SettleOps(ops.head)
+        merged.merge(ops)
     kept = [c for c in batch if not (c.name == "settle" and c.fut is None)]
-    return [*kept, Command("settle", "settle", keys, args, None, None, True)]
+    return [*kept, Command("settle", "settle", None, None, None, None, True, ops=merged)]
 
 
 def make_client(url: str, s: StateSettings) -> tuple[Redis | RedisCluster, bool]:
@@ -182,6 +173,15 @@ class RedisLink:
             return
         self._enqueue(Command(op, name, keys, args, None, None, replay))
 
+    def send_ops(self, op: str, ops: SettleOps) -> None:
+        """Settle ops nobody waits for, in wire format; kept while Redis is down."""
+        cmd = Command(op, "settle", None, None, None, None, True, ops=ops)
+        if self.up is False:
+            self._pending.append(cmd)
+            self.available()
+            return
+        self._enqueue(cmd)
+
     def _enqueue(self, cmd: Command) -> None:
         if not self._queue:
             asyncio.get_running_loop().call_soon(self._flush)
@@ -205,7 +205,8 @@ class RedisLink:
         """A connected plain redis://: write the batch in this callback, no task; the replies
         are delivered by the wire's future, the timeout by one timer for the batch."""
         loop = asyncio.get_running_loop()
-        packed = b"".join([c.packed or pack_command(("EVALSHA", self._shas[c.name], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
+        packed = b"".join([c.packed or (c.ops.pack("EVALSHA", self._shas[c.name]) if c.ops is not None else
+                                        pack_command(("EVALSHA", self._shas[c.name], len(c.keys), *c.keys, *c.args)))  # type: ignore[arg-type]
                            for c in batch])
         fut = wire.send(packed, len(batch))
         timer = loop.call_later(self._s.redis_timeout_s, fut.cancel)

@@ -33,8 +33,9 @@ from router.limits import (
     Usage, headers_for, plan_checks, state_unavailable, target_checks, to_micro,
 )
 from router.memory_state import MemoryState
-from router.redis_link import Packer, RedisLink, Unavailable
-from router.redis_scripts import LUA_ADMIT, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE
+from router.redis_link import RedisLink, Unavailable
+from router.redis_resp import Packer, SettleOps, bulk, bulks
+from router.redis_scripts import LUA_ADMIT, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE, SETTLE_HEADER
 from router.state import Grant, Rids, StateSettings, TargetGrant, count_rejection, log_transition, set_circuit
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ log = logging.getLogger("router.state")
 HEALTH_TTL_MS = 86_400_000  # a target nobody calls for a day starts afresh
 SPEND_TTL_MS = 3 * 86_400_000  # a day's spend (and a reservation's paid marker); a month's is 21x
 PLAN_CACHE = 4096  # distinct (key, model, targets) combinations kept; past it the cache starts over
+_EMPTY = bulk("")
 Ops = dict[str, tuple[list[str], list[str]]]  # hash tag ("" standalone) -> (keys, args) of a settle script
 
 SCRIPTS = {
@@ -72,10 +74,21 @@ class _Call:
 class _Plan:
     """A combination's checks, each check's keys, and its script calls; built once."""
 
-    __slots__ = ("checks", "keys", "calls", "health")
+    __slots__ = ("checks", "keys", "calls", "health", "_settle")
 
     def __init__(self, checks: tuple[Check, ...], keys: list[list[str]], calls: list[_Call], health: list[str]) -> None:
         self.checks, self.keys, self.calls, self.health = checks, keys, calls, health
+        self._settle: dict[bool, tuple[bytes, int, list[bytes]]] = {}
+
+    def settle_parts(self, with_tokens: bool) -> tuple[bytes, int, list[bytes]]:
+        """The keys (encoded, and how many) and each op's kind of this plan's settle: tpm
+        amounts (when the actual count is known) and concurrency slots; see _add_ops."""
+        parts = self._settle.get(with_tokens)
+        if parts is None:
+            idx = [i for i, c in enumerate(self.checks) if c.kind == CONCURRENT or (c.kind == TPM and with_tokens)]
+            keys = [k for i in idx for k in self.keys[i]]
+            parts = self._settle[with_tokens] = (bulks(keys), len(keys), [bulk(self.checks[i].kind) for i in idx])
+        return parts
 
 
 class _ProbeRefused(Exception):
@@ -335,7 +348,34 @@ class RedisState:
             self._local.settle_soon(None, target, actual_tokens, 0.0)
         if grant is not None and grant.backend == "memory":
             self._local.settle_soon(grant, None, actual_tokens, cost_usd)
-        self._send_ops(self._ops(grant, target, actual_tokens, cost_usd))
+        if self.cluster:
+            self._send_ops(self._ops(grant, target, actual_tokens, cost_usd))
+            return
+        ops = self._settle_ops(grant, target, actual_tokens, cost_usd)
+        if ops is not None:
+            self._link.send_ops("settle", ops)
+
+    def _settle_ops(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None,
+                    cost_usd: float) -> SettleOps | None:
+        """_ops for standalone Redis, straight to wire format from what each plan encoded once."""
+        ops: SettleOps | None = None
+        actual = bulk("" if actual_tokens is None else str(max(0, actual_tokens)))
+        for g in (target, grant):
+            if g is not None and not g.settled and g.backend == "redis":
+                g.settled = True
+                if g.plan is not None:
+                    keys, nkeys, kinds = g.plan.settle_parts(actual_tokens is not None)
+                    if nkeys:
+                        rid = bulk(g.rid)
+                        ops = ops or SettleOps(self._settle_head)
+                        ops.add(keys, nkeys, b"".join([kind + rid + actual + _EMPTY for kind in kinds]), len(kinds))
+        if grant is not None and grant.backend == "redis" and grant.key is not None and (micro := to_micro(cost_usd)) > 0:
+            day, month, _, _ = self._periods(self._clock())
+            b = self._base("key", grant.key)
+            ops = ops or SettleOps(self._settle_head)
+            ops.add(bulks([f"{b}:spend:{day}", f"{b}:spend:{month}", f"{b}:paid:{grant.rid}"]), 3,
+                    bulks(["spend", grant.rid, str(micro), str(SPEND_TTL_MS)]), 1)
+        return ops
 
     async def settle(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> None:
         """Waits for Redis's reply (or for the settle to be queued while it is down)."""
@@ -363,7 +403,9 @@ class RedisState:
         if ok and not probe and self._link.available():
             # The common case, which never moves a circuit: nobody waits for it, and it rides
             # in the batch's one settle call with every other request's.
-            self._link.send("record", "settle", [self._health_key(target_id)], self._ok_argv(latency_s, stream))
+            ops = SettleOps(self._settle_head)
+            ops.add(bulk(self._health_key(target_id)), 1, bulks(self._ok_argv(latency_s, stream)[SETTLE_HEADER:]), 1)
+            self._link.send_ops("record", ops)
             return
         self._record(target_id, ok, latency_s, stream, probe)
 
