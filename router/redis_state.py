@@ -35,7 +35,7 @@ from router.limits import (
 from router.memory_state import MemoryState
 from router.redis_link import RedisLink, Unavailable
 from router.redis_resp import Packer, SettleOps, bulk, bulks
-from router.redis_scripts import LUA_ADMIT, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE, SETTLE_HEADER
+from router.redis_scripts import LUA_ADMIT, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE
 from router.state import Grant, Rids, StateSettings, TargetGrant, count_rejection, log_transition, set_circuit
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ log = logging.getLogger("router.state")
 HEALTH_TTL_MS = 86_400_000  # a target nobody calls for a day starts afresh
 SPEND_TTL_MS = 3 * 86_400_000  # a day's spend (and a reservation's paid marker); a month's is 21x
 PLAN_CACHE = 4096  # distinct (key, model, targets) combinations kept; past it the cache starts over
-_EMPTY = bulk("")
+_EMPTY, _OK, _TT, _EW, _SPEND, _SPEND_TTL = map(bulk, ("", "ok", "tt", "ew", "spend", str(SPEND_TTL_MS)))
 Ops = dict[str, tuple[list[str], list[str]]]  # hash tag ("" standalone) -> (keys, args) of a settle script
 
 SCRIPTS = {
@@ -115,6 +115,8 @@ class RedisState:
         self._record_args = [repr(s.ewma_alpha), str(s.failure_threshold), repr(s.error_rate_threshold),
                              str(s.min_samples), repr(s.cooldown_s), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
         self._settle_head = [repr(s.ewma_alpha), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
+        self._spend_keys: dict[tuple[str, str, str], tuple[bytes, str]] = {}   # (key, day, month) -> keys, marker prefix
+        self._health_keys: dict[str, bytes] = {}
 
     # ---- keys and plans -----------------------------------------------------------------
     def _base(self, scope: str, name: str) -> str:
@@ -359,7 +361,7 @@ class RedisState:
                     cost_usd: float) -> SettleOps | None:
         """_ops for standalone Redis, straight to wire format from what each plan encoded once."""
         ops: SettleOps | None = None
-        actual = bulk("" if actual_tokens is None else str(max(0, actual_tokens)))
+        actual = _EMPTY if actual_tokens is None else bulk(str(max(0, actual_tokens)))
         for g in (target, grant):
             if g is not None and not g.settled and g.backend == "redis":
                 g.settled = True
@@ -371,10 +373,16 @@ class RedisState:
                         ops.add(keys, nkeys, b"".join([kind + rid + actual + _EMPTY for kind in kinds]), len(kinds))
         if grant is not None and grant.backend == "redis" and grant.key is not None and (micro := to_micro(cost_usd)) > 0:
             day, month, _, _ = self._periods(self._clock())
-            b = self._base("key", grant.key)
+            spend = self._spend_keys.get((grant.key, day, month))
+            if spend is None:
+                if len(self._spend_keys) >= PLAN_CACHE:
+                    self._spend_keys.clear()
+                b = self._base("key", grant.key)
+                spend = self._spend_keys[(grant.key, day, month)] = (bulks([f"{b}:spend:{day}", f"{b}:spend:{month}"]),
+                                                                     f"{b}:paid:")
+            rid = bulk(grant.rid)
             ops = ops or SettleOps(self._settle_head)
-            ops.add(bulks([f"{b}:spend:{day}", f"{b}:spend:{month}", f"{b}:paid:{grant.rid}"]), 3,
-                    bulks(["spend", grant.rid, str(micro), str(SPEND_TTL_MS)]), 1)
+            ops.add(spend[0] + bulk(spend[1] + grant.rid), 3, _SPEND + rid + bulk(str(micro)) + _SPEND_TTL, 1)
         return ops
 
     async def settle(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> None:
@@ -403,8 +411,13 @@ class RedisState:
         if ok and not probe and self._link.available():
             # The common case, which never moves a circuit: nobody waits for it, and it rides
             # in the batch's one settle call with every other request's.
+            key = self._health_keys.get(target_id)
+            if key is None:
+                key = self._health_keys[target_id] = bulk(self._health_key(target_id))
             ops = SettleOps(self._settle_head)
-            ops.add(bulk(self._health_key(target_id)), 1, bulks(self._ok_argv(latency_s, stream)[SETTLE_HEADER:]), 1)
+            now = self._now()
+            ops.add(key, 1, b"".join([_OK, _EMPTY if latency_s is None else bulk(repr(float(latency_s))),
+                                      _TT if stream else _EW, bulk(now) if now else _EMPTY]), 1)
             self._link.send_ops("record", ops)
             return
         self._record(target_id, ok, latency_s, stream, probe)
