@@ -15,7 +15,7 @@ reserved is refunded at once. In that short window a concurrent request may see 
 counters charged and be refused too: Cluster can over-refuse by a hair, never over-admit.
 Every call goes through redis_link.py: batched per loop iteration, fail-open on faults.
 The keys and fixed arguments of a (key, model, targets) combination are built once and
-kept, not rebuilt per request.
+kept, not rebuilt per request (redis_plans.py).
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 
 from router.health import BUCKETS, HEALTHY, TargetHealth, summary_view
 from router.limits import (
-    BUDGET_KINDS, CONCURRENT, DAILY_USD, RPM, TPM, WINDOW_S, Admission, BudgetPeriods, Check, LimitExceeded, LimitSpec,
-    Usage, headers_for, plan_checks, state_unavailable, target_checks, to_micro,
+    CONCURRENT, DAILY_USD, RPM, TPM, Admission, BudgetPeriods, LimitExceeded, LimitSpec, Usage, headers_for, plan_checks, state_unavailable, target_checks, to_micro,
 )
 from router.memory_state import MemoryState
 from router.redis_link import RedisLink, Unavailable
-from router.redis_resp import Packer, SettleOps, bulk, bulks
+from router.redis_plans import Plan, Planner
+from router.redis_resp import SettleOps, bulk
 from router.redis_scripts import LUA_ADMIT, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE
 from router.state import Grant, Rids, StateSettings, TargetGrant, count_rejection, log_transition, set_circuit
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.state")
 HEALTH_TTL_MS = 86_400_000  # a target nobody calls for a day starts afresh
 SPEND_TTL_MS = 3 * 86_400_000  # a day's spend (and a reservation's paid marker); a month's is 21x
-PLAN_CACHE = 4096  # distinct (key, model, targets) combinations kept; past it the cache starts over
 _EMPTY, _OK, _TT, _EW, _SPEND, _SPEND_TTL = map(bulk, ("", "ok", "tt", "ew", "spend", str(SPEND_TTL_MS)))
 Ops = dict[str, tuple[list[str], list[str]]]  # hash tag ("" standalone) -> (keys, args) of a settle script
 
@@ -54,41 +53,6 @@ SCRIPTS = {
     "settle": LUA_NOW + LUA_SETTLE,
     "record": LUA_PRELUDE + LUA_NOW + LUA_RECORD,
 }
-
-
-def _esc(name: str) -> str:
-    """Names go inside a {hash tag}: braces would end it early."""
-    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
-
-
-class _Call:
-    """One admit script of a plan: its keys, fixed arguments, where tpm amounts go, and the
-    call packed but for what varies per request (time, reservation id, tpm amounts)."""
-
-    __slots__ = ("idx", "keys", "args", "tpm_at", "packer")
-
-    def __init__(self, idx: list[int], keys: list[str], args: list[str], tpm_at: list[int], packer: Packer) -> None:
-        self.idx, self.keys, self.args, self.tpm_at, self.packer = idx, keys, args, tpm_at, packer
-
-
-class _Plan:
-    """A combination's checks, each check's keys, and its script calls; built once."""
-
-    __slots__ = ("checks", "keys", "calls", "health", "_settle")
-
-    def __init__(self, checks: tuple[Check, ...], keys: list[list[str]], calls: list[_Call], health: list[str]) -> None:
-        self.checks, self.keys, self.calls, self.health = checks, keys, calls, health
-        self._settle: dict[bool, tuple[bytes, int, list[bytes]]] = {}
-
-    def settle_parts(self, with_tokens: bool) -> tuple[bytes, int, list[bytes]]:
-        """The keys (encoded, and how many) and each op's kind of this plan's settle: tpm
-        amounts (when the actual count is known) and concurrency slots; see _add_ops."""
-        parts = self._settle.get(with_tokens)
-        if parts is None:
-            idx = [i for i, c in enumerate(self.checks) if c.kind == CONCURRENT or (c.kind == TPM and with_tokens)]
-            keys = [k for i in idx for k in self.keys[i]]
-            parts = self._settle[with_tokens] = (bulks(keys), len(keys), [bulk(self.checks[i].kind) for i in idx])
-        return parts
 
 
 class _ProbeRefused(Exception):
@@ -107,73 +71,19 @@ class RedisState:
         self.cluster = self._link.cluster
         self._local = MemoryState(settings, metrics)  # health and probes while Redis is down
         self._rid, self._periods = Rids(), BudgetPeriods()
-        self._plans: dict[tuple[Any, ...], _Plan] = {}
+        self._plans = Planner(settings, self.cluster, self._link.packer)
         s = settings
-        self._width = repr(s.error_window_s / BUCKETS)
-        self._fixed = [str(int(WINDOW_S * 1000)), str(int(s.concurrency_lease_s * 1000))]
-        self._breaker = [repr(s.cooldown_s), str(s.half_open_probes), self._width, str(BUCKETS)]
+        self._width = self._plans.width
         self._record_args = [repr(s.ewma_alpha), str(s.failure_threshold), repr(s.error_rate_threshold),
                              str(s.min_samples), repr(s.cooldown_s), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
         self._settle_head = [repr(s.ewma_alpha), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
-        self._spend_keys: dict[tuple[str, str, str], tuple[bytes, str]] = {}   # (key, day, month) -> keys, marker prefix
-        self._health_keys: dict[str, bytes] = {}
 
-    # ---- keys and plans -----------------------------------------------------------------
-    def _base(self, scope: str, name: str) -> str:
-        return f"{self._s.key_prefix}:{{{scope[0]}:{_esc(name)}}}"
-
-    def _keys(self, c: Check, day: str, month: str) -> list[str]:
-        b = self._base(c.scope, c.name)
-        if c.kind == TPM:
-            return [f"{b}:tpm", f"{b}:tpm:h", f"{b}:tpm:l"]
-        if c.kind in BUDGET_KINDS:
-            return [f"{b}:spend:{day if c.kind == DAILY_USD else month}"]
-        return [f"{b}:{'conc' if c.kind == CONCURRENT else c.kind}"]
-
-    def _health_key(self, target_id: str) -> str:
-        return f"{self._base('target', target_id)}:health"
-
+    # ---- running checks -----------------------------------------------------------------
     def _now(self) -> str:
         """The time a script runs at: '' lets Redis use its own clock."""
         return "" if self._s.redis_clock else f"{self._clock():.6f}"
 
-    def _plan(self, checks: list[Check], health_ids: Sequence[str], probing: bool, day: str, month: str) -> _Plan:
-        keys = [self._keys(c, day, month) for c in checks]
-        health = [self._health_key(t) for t in health_ids]
-        groups: list[list[int]]
-        tails: list[list[str]]
-        if self.cluster and not probing:
-            by_tag: dict[tuple[str, str], list[int]] = {}
-            for i, c in enumerate(checks):
-                by_tag.setdefault((c.scope, c.name), []).append(i)
-            groups, tails = list(by_tag.values()), [[] for _ in by_tag]
-        else:  # standalone; a target's checks and its health share one tag
-            groups, tails = ([list(range(len(checks)))], [health]) if checks or health else ([], [])
-        calls = []
-        for idx, tail in zip(groups, tails, strict=True):
-            args = [*self._fixed, str(len(idx)), "1" if probing else "0", *self._breaker]
-            tpm_at = []
-            for i in idx:
-                c = checks[i]
-                if c.kind == TPM:
-                    tpm_at.append(len(args) + 2)
-                args += [c.kind, str(c.limit), str(c.amount)]
-            call_keys = [k for i in idx for k in keys[i]] + tail
-            slots = [0, 1, *(at + 2 for at in tpm_at)]   # now, rid, tpm amounts
-            packer = self._link.packer("admit", call_keys, ["", "", *args], slots)
-            calls.append(_Call(idx, call_keys, args, tpm_at, packer))
-        return _Plan(tuple(checks), keys, calls, health if self.cluster and not probing else [])
-
-    def _cached(self, cache_key: tuple[Any, ...], build: Any, *how: Any) -> _Plan:
-        plan = self._plans.get(cache_key)
-        if plan is None:
-            if len(self._plans) >= PLAN_CACHE:
-                self._plans.clear()
-            plan = self._plans[cache_key] = self._plan(build(), *how)
-        return plan
-
-    # ---- running checks -----------------------------------------------------------------
-    async def _run(self, plan: _Plan, rid: str, tokens: int) -> tuple[list[Usage | None], list[Any], int, float | None]:
+    async def _run(self, plan: Plan, rid: str, tokens: int) -> tuple[list[Usage | None], list[Any], int, float | None]:
         """Every call of a plan in this iteration's batch. Returns usages, health summaries,
         the probe claim and Redis's time; raises LimitExceeded, _ProbeRefused or Unavailable."""
         now, tok = self._now(), str(max(0, tokens))
@@ -212,7 +122,7 @@ class RedisState:
         stamp = admits[-1][4] if admits else (replies[-1][0] if replies else None)
         return usages, summaries, int(last[3]) if last is not None else 0, float(stamp) if stamp else None
 
-    def _refund_taken(self, plan: _Plan, replies: Sequence[Any], rid: str) -> None:
+    def _refund_taken(self, plan: Plan, replies: Sequence[Any], rid: str) -> None:
         """Cluster: give back what the tags that admitted took when another refused or failed."""
         ops: Ops = {}
         for call, r in zip(plan.calls, replies, strict=True):
@@ -220,7 +130,7 @@ class RedisState:
                 self._add_ops(ops, plan, call.idx, rid, "refund")
         self._send_ops(ops)
 
-    def _orphan(self, plan: _Plan, idx: list[int], rid: str) -> Any:
+    def _orphan(self, plan: Plan, idx: list[int], rid: str) -> Any:
         """What to do with an admit whose caller left before its reply: undo it."""
         def undo(reply: Any) -> None:
             if int(reply[0]):
@@ -245,7 +155,7 @@ class RedisState:
         day, month, _, _ = self._periods(self._clock())
         ids = tuple(target_ids)
         key = (adm.key, adm.key_limits, adm.key_budget, adm.model, adm.model_limits, ids, day, month)
-        plan = self._cached(key, lambda: plan_checks(adm), ids, False, day, month)
+        plan = self._plans.plan(key, lambda: plan_checks(adm), ids, False, day, month)
         tokens = max(0, adm.tokens)
         if not plan.calls and not plan.health:
             return Grant({}, rid, adm.key, (), tokens, "redis", plan=plan), {}
@@ -276,7 +186,7 @@ class RedisState:
     async def reserve_target(self, target_id: str, limits: LimitSpec, tokens: int) -> TargetGrant | None:
         rid = self._rid()
         day, month, _, _ = self._periods(self._clock())
-        plan = self._cached(("target", target_id, limits), lambda: target_checks(target_id, limits, tokens),
+        plan = self._plans.plan(("target", target_id, limits), lambda: target_checks(target_id, limits, tokens),
                             (target_id,), True, day, month)
         if self._link.available():
             try:
@@ -295,7 +205,7 @@ class RedisState:
             return None
         return await self._local.reserve_target(target_id, LimitSpec(), tokens)
 
-    def _add_ops(self, ops: Ops, plan: _Plan, idx: Sequence[int], rid: str, actual: str | None) -> None:
+    def _add_ops(self, ops: Ops, plan: Plan, idx: Sequence[int], rid: str, actual: str | None) -> None:
         """Settle ops per hash tag: tokens to `actual` ("refund": drop), slot release."""
         for i in idx:
             c = plan.checks[i]
@@ -314,7 +224,7 @@ class RedisState:
                     self._add_ops(ops, g.plan, range(len(g.plan.checks)), g.rid, actual)
         if grant is not None and grant.backend == "redis" and grant.key is not None and (micro := to_micro(cost_usd)) > 0:
             day, month, _, _ = self._periods(self._clock())
-            b = self._base("key", grant.key)
+            b = self._plans.base("key", grant.key)
             keys, args = ops.setdefault(f"key:{grant.key}" if self.cluster else "", ([], []))
             keys += [f"{b}:spend:{day}", f"{b}:spend:{month}", f"{b}:paid:{grant.rid}"]
             args += ["spend", grant.rid, str(micro), str(SPEND_TTL_MS)]
@@ -373,13 +283,7 @@ class RedisState:
                         ops.add(keys, nkeys, b"".join([kind + rid + actual + _EMPTY for kind in kinds]), len(kinds))
         if grant is not None and grant.backend == "redis" and grant.key is not None and (micro := to_micro(cost_usd)) > 0:
             day, month, _, _ = self._periods(self._clock())
-            spend = self._spend_keys.get((grant.key, day, month))
-            if spend is None:
-                if len(self._spend_keys) >= PLAN_CACHE:
-                    self._spend_keys.clear()
-                b = self._base("key", grant.key)
-                spend = self._spend_keys[(grant.key, day, month)] = (bulks([f"{b}:spend:{day}", f"{b}:spend:{month}"]),
-                                                                     f"{b}:paid:")
+            spend = self._plans.spend_keys(grant.key, day, month)
             rid = bulk(grant.rid)
             ops = ops or SettleOps(self._settle_head)
             ops.add(spend[0] + bulk(spend[1] + grant.rid), 3, _SPEND + rid + bulk(str(micro)) + _SPEND_TTL, 1)
@@ -411,9 +315,7 @@ class RedisState:
         if ok and not probe and self._link.available():
             # The common case, which never moves a circuit: nobody waits for it, and it rides
             # in the batch's one settle call with every other request's.
-            key = self._health_keys.get(target_id)
-            if key is None:
-                key = self._health_keys[target_id] = bulk(self._health_key(target_id))
+            key = self._plans.health_key_wire(target_id)
             ops = SettleOps(self._settle_head)
             now = self._now()
             ops.add(key, 1, b"".join([_OK, _EMPTY if latency_s is None else bulk(repr(float(latency_s))),
@@ -438,11 +340,11 @@ class RedisState:
             self._local.record_soon(target_id, ok, latency_s, stream, probe)
             return None
         if ok and not probe:
-            fut = self._link.call("record", "settle", [self._health_key(target_id)], self._ok_argv(latency_s, stream))
+            fut = self._link.call("record", "settle", [self._plans.health_key(target_id)], self._ok_argv(latency_s, stream))
             fut.add_done_callback(lambda f: f.cancelled() or f.exception() is None or
                                   self._local.record_soon(target_id, ok, latency_s, stream, probe))
             return fut
-        fut = self._link.call("record", "record", [self._health_key(target_id)],
+        fut = self._link.call("record", "record", [self._plans.health_key(target_id)],
                               self._record_argv(ok, latency_s, stream, probe))
 
         def done(f: asyncio.Future[Any]) -> None:
@@ -461,7 +363,7 @@ class RedisState:
     async def health(self, target_ids: Sequence[str]) -> dict[str, TargetHealth]:
         if target_ids and self._link.available():
             args = [self._now(), self._width, str(BUCKETS)]
-            groups = [[self._health_key(t) for t in target_ids]] if not self.cluster else [[self._health_key(t)] for t in target_ids]
+            groups = [[self._plans.health_key(t) for t in target_ids]] if not self.cluster else [[self._plans.health_key(t)] for t in target_ids]
             try:
                 replies = await asyncio.gather(*(self._link.call("health", "health", g, args) for g in groups))
             except Unavailable:
