@@ -41,6 +41,13 @@ from router.schema import Endpoint
 
 log = logging.getLogger("router.providers")
 
+def body_bytes(body: Mapping[str, Any]) -> bytes:
+    """A vendor request body as JSON, copied into a bytes object of its own length: the body
+    is held for the whole attempt (a stream's too), and orjson's own result keeps its whole
+    write buffer allocated (4 KiB for a small body, several times the JSON for a large one)."""
+    return bytes(memoryview(orjson.dumps(body)))
+
+
 class Action(Enum):
     RETRY = "retry"    # the same target may succeed on a later attempt
     NEXT = "next"      # this target cannot serve it; try the next candidate

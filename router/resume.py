@@ -20,9 +20,8 @@ import logging
 import time
 from typing import Any
 
-import orjson
 
-from providers.base import UpstreamError, Unsupported
+from providers.base import UpstreamError, Unsupported, body_bytes
 from providers.fields import CHAT_PREFIX, TEXT_PROMPT
 from router.onward import Onward, first_event_limit, open_events
 from router.schema import Endpoint
@@ -129,7 +128,7 @@ class Resumer:
             return None
         if endpoint == Endpoint.CHAT and said:
             built = adapter.continue_chat(built)
-        return orjson.dumps(built)
+        return body_bytes(built)
 
     def end_part(self, broken: bool, gone: bool = False) -> None:
         """A continuation's connection closed and its attempt counted (the first part's is

@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from providers.base import Adapter, Fill, UpstreamError
+from providers.base import Adapter, Fill, UpstreamError, body_bytes
 from router.attempts import Attempts
 from router.candidates import Candidate
 from router.errors import RouterError
@@ -44,10 +44,10 @@ def payloads(adapter: Adapter, norm: Normalized, vendor_model: str, dropped: lis
     """The body to send, or one body per prompt where the vendor takes them one at a time."""
     parts = adapter.split_prompt(norm.endpoint, norm.body)
     if parts is None:
-        return orjson.dumps(adapter.build_body(norm.endpoint, norm.body, vendor_model, want_usage=True,
-                                               dropped=dropped))
-    bodies = [orjson.dumps(adapter.build_body(norm.endpoint, {**norm.body, "prompt": prompt}, vendor_model,
-                                              want_usage=True, dropped=dropped if i == 0 else None))
+        return body_bytes(adapter.build_body(norm.endpoint, norm.body, vendor_model, want_usage=True,
+                                             dropped=dropped))
+    bodies = [body_bytes(adapter.build_body(norm.endpoint, {**norm.body, "prompt": prompt}, vendor_model,
+                                            want_usage=True, dropped=dropped if i == 0 else None))
               for i, prompt in enumerate(parts)]
     return bodies[0] if len(bodies) == 1 else bodies
 
