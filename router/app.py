@@ -69,7 +69,7 @@ async def _shared_state(app: web.Application) -> AsyncIterator[None]:
 async def _upstream(app: web.Application) -> AsyncIterator[None]:
     """One pool of keep-alive connections for every upstream call; per-attempt timeouts are
     set by the proxy."""
-    upstream = Upstream(limit_per_host=512)
+    upstream = Upstream(limit_per_host=app[SETTINGS].upstream_connections)
     app[PROXY] = Proxy(upstream, app[METRICS], app[STATE])
     yield
     await upstream.close()

@@ -20,6 +20,7 @@ class ServeSettings:
     redis_timeout_s: float = 0.25   # one pipelined batch of Redis calls; past it, fail open (or closed)
     shutdown_grace_s: float = 60.0  # SIGTERM: how long requests in flight get to finish
     concurrency_lease_s: float = 600.0  # a concurrency slot's lease; running requests renew theirs
+    upstream_connections: int = 2048    # per vendor origin in use at once; a call past it waits for one
 
     @classmethod
     def from_env(cls, **overrides: object) -> "ServeSettings":
@@ -34,6 +35,8 @@ class ServeSettings:
                                          cls.shutdown_grace_s, 1, 3600, "seconds"),
             "concurrency_lease_s": _bounded("ROUTER_CONCURRENCY_LEASE_S", env.get("ROUTER_CONCURRENCY_LEASE_S"),
                                             cls.concurrency_lease_s, 1, 86400, "seconds"),
+            "upstream_connections": _whole("ROUTER_UPSTREAM_CONNECTIONS", env.get("ROUTER_UPSTREAM_CONNECTIONS"),
+                                           cls.upstream_connections, 1, 1_000_000, "connections"),
             "redis_timeout_s": _bounded("ROUTER_REDIS_TIMEOUT_MS", env.get("ROUTER_REDIS_TIMEOUT_MS"), 250, 1, 60_000,
                                         "milliseconds") / 1000,
         }
@@ -43,6 +46,13 @@ class ServeSettings:
 
 def _interval(raw: str | None) -> float:
     return _bounded("ROUTER_RELOAD_INTERVAL", raw, ServeSettings.reload_interval_s, 0.1, 3600, "seconds")
+
+
+def _whole(name: str, raw: str | None, default: int, low: int, high: int, unit: str) -> int:
+    value = _bounded(name, raw, default, low, high, f"a whole number of {unit}")
+    if value != int(value):
+        raise ValueError(f"{name}={raw!r}: give a whole number of {unit} between {low} and {high}")
+    return int(value)
 
 
 def _bounded(name: str, raw: str | None, default: float, low: float, high: float, unit: str) -> float:

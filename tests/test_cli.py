@@ -137,6 +137,28 @@ def test_a_redis_timeout_out_of_range_is_refused_naming_the_variable(monkeypatch
         ServeSettings.from_env()
 
 
+@pytest.mark.parametrize(("raw", "limit"), [(None, 2048), ("64", 64), ("100000", 100000)])
+def test_upstream_connections_per_vendor_are_a_setting(monkeypatch: pytest.MonkeyPatch, raw: str | None,
+                                                       limit: int) -> None:
+    from router.settings import ServeSettings
+
+    if raw is None:
+        monkeypatch.delenv("ROUTER_UPSTREAM_CONNECTIONS", raising=False)
+    else:
+        monkeypatch.setenv("ROUTER_UPSTREAM_CONNECTIONS", raw)
+    assert ServeSettings.from_env().upstream_connections == limit
+
+
+@pytest.mark.parametrize("raw", ["0", "1.5", "many", "-3"])
+def test_upstream_connections_that_are_no_count_are_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch,
+                                                                              raw: str) -> None:
+    from router.settings import ServeSettings
+
+    monkeypatch.setenv("ROUTER_UPSTREAM_CONNECTIONS", raw)
+    with pytest.raises(ValueError, match="ROUTER_UPSTREAM_CONNECTIONS"):
+        ServeSettings.from_env()
+
+
 @pytest.mark.parametrize(("level", "lines"), [("INFO", 3), ("WARNING", 0)])
 async def test_serve_writes_one_access_line_per_request_to_stdout(tmp_path, level: str, lines: int):
     path = tmp_path / "routes.yaml"
