@@ -41,7 +41,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.state")
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 REPLAY_CHUNK = 200  # settles replayed per pipeline once Redis is back
-REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")  # a Cluster's answers that mean "not here, not now"
+REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
+# A call nobody waits for (a settle, a health record) made while a batch is on the wire goes
+# with the next batch someone waits for, or after this long: one write and one read fewer per
+# request under load. What a finished request gives back (a slot, unused tokens) or is charged
+# (spend) lands this much later at most; it goes ahead of the admits it travels with.
+LOOSE_DELAY_S = 0.002  # a Cluster's answers that mean "not here, not now"
 
 Orphan = Callable[[Any], None]
 
@@ -95,7 +100,7 @@ def _merge_settles(batch: list[Command]) -> list[Command]:
             merged = SettleOps(ops.head)
         merged.merge(ops)
     kept = [c for c in batch if not (c.name == "settle" and c.fut is None)]
-    return [*kept, Command("settle", "settle", None, None, None, None, True, ops=merged)]
+    return [Command("settle", "settle", None, None, None, None, True, ops=merged), *kept]
 
 
 def make_client(url: str, s: StateSettings) -> tuple[Redis | RedisCluster, bool]:
@@ -128,8 +133,11 @@ class RedisLink:
         self._scripts = scripts
         self._shas = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in scripts.items()}
         self.client, self.cluster = make_client(url, settings)
-        self._queue: list[Command] = []
+        self._queue: list[Command] = []     # calls someone waits for: sent this loop iteration
+        self._loose: list[Command] = []     # calls nobody waits for: sent with the next batch
+        self._soon, self._later = False, None   # a flush scheduled now / after LOOSE_DELAY_S
         self._sending: set[asyncio.Future[Any]] = set()  # batches under way, awaited at close
+        self._posted = 0                    # batches written on the wire, replies not yet read
         self._pending: deque[Command] = deque(maxlen=settings.pending_settles)
         self.up: bool | None = None  # None: not tried yet
         self.reason = "not connected yet"
@@ -171,7 +179,7 @@ class RedisLink:
                 self._pending.append(Command(op, name, keys, args, None, None, True))
             self.available()
             return
-        self._enqueue(Command(op, name, keys, args, None, None, replay))
+        self._enqueue_loose(Command(op, name, keys, args, None, None, replay))
 
     def send_ops(self, op: str, ops: SettleOps) -> None:
         """Settle ops nobody waits for, in wire format; kept while Redis is down."""
@@ -180,15 +188,31 @@ class RedisLink:
             self._pending.append(cmd)
             self.available()
             return
-        self._enqueue(cmd)
+        self._enqueue_loose(cmd)
 
     def _enqueue(self, cmd: Command) -> None:
-        if not self._queue:
+        if not self._soon:
+            self._soon = True
             asyncio.get_running_loop().call_soon(self._flush)
         self._queue.append(cmd)
 
+    def _enqueue_loose(self, cmd: Command) -> None:
+        if not self._soon and self._later is None:
+            if self._posted:   # traffic: another batch is about to go, this rides along
+                self._later = asyncio.get_running_loop().call_later(LOOSE_DELAY_S, self._flush)
+            else:              # quiet: now, so it is not on the next request's path
+                self._soon = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        self._loose.append(cmd)
+
     def _flush(self) -> None:
-        batch, self._queue = self._queue, []
+        self._soon = False
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        # what nobody waits for first: a finished request's slot is free before the next admit
+        batch = self._loose + self._queue
+        self._loose, self._queue = [], []
         if not self.cluster:
             batch = _merge_settles(batch)
         if not batch:
@@ -203,31 +227,40 @@ class RedisLink:
 
     def _write_now(self, wire: Wire, batch: list[Command]) -> None:
         """A connected plain redis://: write the batch in this callback, no task; the replies
-        are delivered by the wire's future, the timeout by one timer for the batch."""
+        are handed over as soon as they are read, the timeout is one timer for the batch."""
         loop = asyncio.get_running_loop()
         packed = b"".join([c.packed or (c.ops.pack("EVALSHA", self._shas[c.name]) if c.ops is not None else
                                         pack_command(("EVALSHA", self._shas[c.name], len(c.keys), *c.keys, *c.args)))  # type: ignore[arg-type]
                            for c in batch])
-        fut = wire.send(packed, len(batch))
-        timer = loop.call_later(self._s.redis_timeout_s, fut.cancel)
+        done = False
 
-        def delivered(f: asyncio.Future[list[Any]]) -> None:
+        def deliver(replies: list[Any] | None, err: Exception | None) -> None:
+            nonlocal done
+            if done:   # timed out already: a late reply is read and dropped
+                return
+            done = True
             timer.cancel()
-            if f.cancelled():
-                self._failed(batch, TimeoutError())
-            elif f.exception() is not None:
-                self._failed(batch, f.exception())  # type: ignore[arg-type]
-            elif any(isinstance(r, NoScriptError) for r in f.result()):
+            self._posted -= 1
+            if err is not None:
+                self._failed(batch, err)
+            elif any(isinstance(r, NoScriptError) for r in replies or ()):
                 # Redis restarted or a first use: once more with EVAL, which caches the scripts
                 task = loop.create_task(self._send(batch))
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
             else:
-                self._deliver(batch, f.result())
+                self._deliver(batch, replies or [])
 
-        fut.add_done_callback(delivered)
-        self._sending.add(fut)
-        fut.add_done_callback(self._sending.discard)
+        def expire() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._posted -= 1
+                self._failed(batch, TimeoutError())
+
+        timer = loop.call_later(self._s.redis_timeout_s, expire)
+        self._posted += 1
+        wire.post(packed, len(batch), deliver)
 
     async def _send(self, batch: list[Command]) -> None:
         try:
@@ -432,6 +465,9 @@ class RedisLink:
         self._flush()
         if self._sending:
             await asyncio.wait(set(self._sending), timeout=self._s.redis_timeout_s * 2)
+        until = time.monotonic() + self._s.redis_timeout_s * 2
+        while self._posted > 0 and time.monotonic() < until:
+            await asyncio.sleep(0.005)
         if self._pending:
             log.warning("shutting down with %d settle(s) Redis never received: their spend and token "
                         "counts are lost", len(self._pending))

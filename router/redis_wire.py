@@ -11,12 +11,16 @@ and the next batch opens a new one.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from hiredis import Reader, pack_command
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
+
+log = logging.getLogger("router.state")
 
 
 def wire_target(url: str) -> tuple[str, int, str | None, str | None, int] | None:
@@ -45,12 +49,27 @@ def reply_error(e: Exception) -> ResponseError:
     return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
 
 
-class _Pending:
-    __slots__ = ("count", "replies", "fut")
+Delivery = Callable[[list[Any] | None, Exception | None], None]   # (replies, or the failure)
 
-    def __init__(self, count: int, fut: asyncio.Future[list[Any]]) -> None:
-        self.count, self.fut = count, fut
+
+class _Pending:
+    __slots__ = ("count", "replies", "fut", "deliver")
+
+    def __init__(self, count: int, fut: asyncio.Future[list[Any]] | None, deliver: Delivery | None) -> None:
+        self.count, self.fut, self.deliver = count, fut, deliver
         self.replies: list[Any] = []
+
+    def done(self, replies: list[Any] | None, err: Exception | None) -> None:
+        if self.deliver is not None:
+            try:
+                self.deliver(replies, err)
+            except Exception:   # the caller's bug must not take the connection down with it
+                log.exception("delivering redis replies failed")
+        elif not self.fut.done():  # type: ignore[union-attr]
+            if err is not None:
+                self.fut.set_exception(err)  # type: ignore[union-attr]
+            else:
+                self.fut.set_result(replies)  # type: ignore[union-attr]
 
 
 class Wire(asyncio.Protocol):
@@ -70,9 +89,18 @@ class Wire(asyncio.Protocol):
         if self.lost or self._transport is None:
             fut.set_exception(ConnectionError("connection to redis lost"))
             return fut
-        self._pending.append(_Pending(count, fut))
+        self._pending.append(_Pending(count, fut, None))
         self._transport.write(packed)
         return fut
+
+    def post(self, packed: bytes, count: int, deliver: Delivery) -> None:
+        """send, with the replies (or the failure) handed to `deliver` as soon as they are
+        read: no future, so no loop iteration between the reply and its waiters."""
+        if self.lost or self._transport is None:
+            deliver(None, ConnectionError("connection to redis lost"))
+            return
+        self._pending.append(_Pending(count, None, deliver))
+        self._transport.write(packed)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -82,8 +110,7 @@ class Wire(asyncio.Protocol):
                 batch.replies.append(reply_error(reply) if isinstance(reply, Exception) else reply)
                 if len(batch.replies) == batch.count:
                     self._pending.popleft()
-                    if not batch.fut.done():
-                        batch.fut.set_result(batch.replies)
+                    batch.done(batch.replies, None)
         except Exception as e:  # a protocol error or a reply nobody asked for: this connection is done
             self._fail(ConnectionError(f"redis connection out of step: {e!r}"))
             if self._transport is not None:
@@ -95,9 +122,7 @@ class Wire(asyncio.Protocol):
     def _fail(self, err: Exception) -> None:
         self.lost = True
         while self._pending:
-            batch = self._pending.popleft()
-            if not batch.fut.done():
-                batch.fut.set_exception(err)
+            self._pending.popleft().done(None, err)
 
     def close(self) -> None:
         self.lost = True
