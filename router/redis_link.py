@@ -32,7 +32,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from router.redis_resp import Packer, SettleOps
 from router.redis_scripts import SETTLE_HEADER
-from router.redis_wire import Wire, cluster_creds, open_wire, wire_target
+from router.redis_wire import Delivery, Wire, cluster_creds, open_wire, wire_target
 from router.state import StateSettings
 
 if TYPE_CHECKING:
@@ -168,7 +168,7 @@ class RedisLink:
              replay: bool = False, packer: Packer | None = None) -> asyncio.Future[Any]:
         """The reply of one script call, sent with this iteration's batch; fails with Unavailable."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        packed = packer.pack(args) if packer is not None and self._wire is not None else None
+        packed = packer.pack(args) if packer is not None and (self._wire is not None or self._node_wires) else None
         self._enqueue(Command(op, name, keys, args, fut, orphan, replay, packed))
         return fut
 
@@ -217,50 +217,106 @@ class RedisLink:
             batch = _merge_settles(batch)
         if not batch:
             return
-        wire = self._wire
-        if wire is not None and not wire.lost:
-            self._write_now(wire, batch)
+        groups = self._groups(batch)
+        if groups is not None:
+            self._post(batch, groups)
             return
-        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._spawn(self._send(batch))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    def _write_now(self, wire: Wire, batch: list[Command]) -> None:
-        """A connected plain redis://: write the batch in this callback, no task; the replies
-        are handed over as soon as they are read, the timeout is one timer for the batch."""
-        loop = asyncio.get_running_loop()
-        packed = b"".join([c.packed or (c.ops.pack("EVALSHA", self._shas[c.name]) if c.ops is not None else
-                                        pack_command(("EVALSHA", self._shas[c.name], len(c.keys), *c.keys, *c.args)))  # type: ignore[arg-type]
-                           for c in batch])
-        done = False
+    def _groups(self, batch: list[Command]) -> list[tuple[Wire, list[int]]] | None:
+        """Which connected wire each command goes out on (standalone: the one; Cluster: the
+        primary holding its keys' slot); None when one is not connected yet (a task connects)."""
+        if self._wire_at is not None:
+            wire = self._wire
+            return [(wire, list(range(len(batch))))] if wire is not None and not wire.lost else None
+        if self._node_creds is None or not self._cluster_ready:
+            return None
+        client: Any = self.client
+        by_node: dict[str, tuple[Wire, list[int]]] = {}
+        for i, c in enumerate(batch):
+            name = client.get_node_from_key(c.keys[0]).name
+            group = by_node.get(name)
+            if group is None:
+                wire = self._node_wires.get(name)
+                if wire is None or wire.lost:
+                    return None
+                group = by_node[name] = (wire, [])
+            group[1].append(i)
+        return list(by_node.values())
 
-        def deliver(replies: list[Any] | None, err: Exception | None) -> None:
+    def _pack(self, c: Command) -> bytes:
+        if c.packed is not None:
+            return c.packed
+        if c.ops is not None:
+            return c.ops.pack("EVALSHA", self._shas[c.name])
+        return pack_command(("EVALSHA", self._shas[c.name], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
+
+    def _post(self, batch: list[Command], groups: list[tuple[Wire, list[int]]]) -> None:
+        """Write the batch in this callback, no task: one write per wire, the replies handed
+        over as soon as the last are read, one timer for the whole batch. A command Redis had
+        no script for, or that a Cluster redirected, goes again on its own (redo)."""
+        loop = asyncio.get_running_loop()
+        replies: list[Any] = [None] * len(batch)
+        left, done = len(groups), False
+
+        def finish() -> bool:
             nonlocal done
             if done:   # timed out already: a late reply is read and dropped
-                return
+                return False
             done = True
             timer.cancel()
             self._posted -= 1
-            if err is not None:
-                self._failed(batch, err)
-            elif any(isinstance(r, NoScriptError) for r in replies or ()):
-                # Redis restarted or a first use: once more with EVAL, which caches the scripts
-                task = loop.create_task(self._send(batch))
-                self._sending.add(task)
-                task.add_done_callback(self._sending.discard)
-            else:
-                self._deliver(batch, replies or [])
+            return True
 
         def expire() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                self._posted -= 1
+            if finish():
                 self._failed(batch, TimeoutError())
+
+        def part(idx: list[int]) -> Delivery:
+            def deliver(got: list[Any] | None, err: Exception | None) -> None:
+                nonlocal left
+                if done:
+                    return
+                if err is not None or got is None:
+                    if finish():
+                        self._failed(batch, err or ConnectionError("no replies"))
+                    return
+                for i, reply in zip(idx, got, strict=True):
+                    replies[i] = reply
+                left -= 1
+                if left or not finish():
+                    return
+                redo = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError) or
+                        (isinstance(r, RedisError) and str(r).startswith(REDIRECTS))]
+                if redo:
+                    self._spawn(self._redo(batch, replies, redo))
+                else:
+                    self._deliver(batch, replies)
+            return deliver
 
         timer = loop.call_later(self._s.redis_timeout_s, expire)
         self._posted += 1
-        wire.post(packed, len(batch), deliver)
+        for wire, idx in groups:
+            wire.post(b"".join([self._pack(batch[i]) for i in idx]), len(idx), part(idx))
+
+    async def _redo(self, batch: list[Command], replies: list[Any], redo: list[int]) -> None:
+        """The commands that did not run (no script yet: EVAL caches it; redirected: the slot
+        map is reloaded), sent again; the others' replies are delivered with theirs."""
+        try:
+            async with asyncio.timeout(self._s.redis_timeout_s):
+                if self.cluster and any(not isinstance(replies[i], NoScriptError) for i in redo):
+                    await self.client.nodes_manager.initialize()  # type: ignore[union-attr]
+                again = await self._pipeline([batch[i] for i in redo])
+        except Exception as e:
+            again = [e] * len(redo)
+        for i, reply in zip(redo, again, strict=True):
+            replies[i] = reply
+        self._deliver(batch, replies)
 
     async def _send(self, batch: list[Command]) -> None:
         try:

@@ -158,6 +158,24 @@ async def test_settles_of_one_loop_iteration_all_land_though_sent_as_one_call(
         await s.close()
 
 
+async def test_a_script_redis_lacks_is_sent_again_alone_not_the_calls_that_ran_beside_it(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """The admit script is cached, the record script not yet: in one batch the admit runs and
+    the record is refused (NOSCRIPT). Only the record goes again; the admit counts once."""
+    server = redis_server_factory()
+    s = create_state(server.url, StateSettings(redis_timeout_s=2.0))
+    a = Admission("team-a", LimitSpec(tpm=1_000), None, "gpt-x", None, 10)
+    try:
+        await s.admit(a, [])   # loads the admit script
+        await asyncio.gather(s.admit(a, []), s.record("t", False, None))   # one batch
+        with server.client() as c:
+            assert c.hget("router:{k:team-a}:tpm:h", "_") == b"20"   # 10 tokens reserved twice, not three times
+            assert c.hget("router:{t:t}:health", "cf") == b"1"
+    finally:
+        await s.close()
+
+
 async def test_a_cluster_slot_moved_under_a_running_replica_is_followed_and_stays_exact(tmp_path) -> None:
     """The replica's slot map goes stale (a resharding moved the slot of a key it has not
     used yet): Redis answers MOVED, the command goes again where the slot now lives."""
