@@ -87,20 +87,31 @@ class Command:
         self._keys, self._args = self.ops.argv()
 
 
-def _merge_settles(batch: list[Command]) -> list[Command]:
-    """Settles nobody waits for, of every request in the batch, as one script call: the settle
-    script takes any number of ops (standalone only: in Cluster their keys span slots)."""
+def _merge_settles(batch: list[Command], cluster: bool) -> list[Command]:
+    """Settles nobody waits for, of every request in the batch, as one script call (the settle
+    script takes any number of ops), ahead of the rest. In Cluster a script's keys must share
+    a slot: one call per hash tag, and they stay lists (their first key routes them)."""
     loose = [c for c in batch if c.name == "settle" and c.fut is None]
     if len(loose) < 2:
         return batch
-    merged: SettleOps | None = None
-    for c in loose:
-        ops = c.ops or SettleOps.from_argv(c.keys, c.args, SETTLE_HEADER)
-        if merged is None:
-            merged = SettleOps(ops.head)
-        merged.merge(ops)
     kept = [c for c in batch if not (c.name == "settle" and c.fut is None)]
-    return [Command("settle", "settle", None, None, None, None, True, ops=merged), *kept]
+    if cluster:
+        by_tag: dict[str, list[Command]] = {}
+        for c in loose:
+            first = c.keys[0]
+            by_tag.setdefault(first[first.find("{"):first.find("}") + 1], []).append(c)
+        merged = [group[0] if len(group) == 1 else Command(
+            "settle", "settle", [k for c in group for k in c.keys],
+            [str(sum(int(c.args[0]) for c in group)), *group[0].args[1:SETTLE_HEADER],
+             *(a for c in group for a in c.args[SETTLE_HEADER:])], None, None, True) for group in by_tag.values()]
+        return [*merged, *kept]
+    ops: SettleOps | None = None
+    for c in loose:
+        one = c.ops or SettleOps.from_argv(c.keys, c.args, SETTLE_HEADER)
+        if ops is None:
+            ops = SettleOps(one.head)
+        ops.merge(one)
+    return [Command("settle", "settle", None, None, None, None, True, ops=ops), *kept]
 
 
 def make_client(url: str, s: StateSettings) -> tuple[Redis | RedisCluster, bool]:
@@ -213,8 +224,7 @@ class RedisLink:
         # what nobody waits for first: a finished request's slot is free before the next admit
         batch = self._loose + self._queue
         self._loose, self._queue = [], []
-        if not self.cluster:
-            batch = _merge_settles(batch)
+        batch = _merge_settles(batch, self.cluster)
         if not batch:
             return
         groups = self._groups(batch)

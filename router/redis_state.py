@@ -315,6 +315,9 @@ class RedisState:
         if ok and not probe and self._link.available():
             # The common case, which never moves a circuit: nobody waits for it, and it rides
             # in the batch's one settle call with every other request's.
+            if self.cluster:
+                self._link.send("record", "settle", [self._plans.health_key(target_id)], self._ok_argv(latency_s, stream))
+                return
             key = self._plans.health_key_wire(target_id)
             ops = SettleOps(self._settle_head)
             now = self._now()
