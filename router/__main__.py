@@ -19,7 +19,7 @@ from router.access_log import AccessLog
 from router.app import create_app
 from router.routes import ConfigError, RouteTable, load
 from router.settings import ServeSettings
-from router.workers import listen, refusal, serve_workers, worker_count
+from router.workers import BACKLOG, listen, refusal, serve_workers, worker_count
 
 log = logging.getLogger("router")
 GC_THRESHOLD = 10_000  # allocations between young-generation collections (CPython's default is 700)
@@ -109,7 +109,10 @@ def _run(settings: ServeSettings, table: RouteTable | None, sock: socket.socket 
     # the access log straight to stdout, batched per loop iteration (see access_log.py)
     to_stdout = logging.getLogger("router.access").isEnabledFor(logging.INFO)
     app = create_app(settings, table, watch=True, access_log=AccessLog(sys.stdout.buffer if to_stdout else None))
-    where = {"sock": sock} if sock is not None else {"host": settings.host, "port": settings.port}
+    # aiohttp's default accept queue (128) drops the SYNs of a burst of new clients, who then
+    # wait 1 s or more for TCP to retry: the same queue as the workers' shared socket
+    where = {"sock": sock} if sock is not None else {"host": settings.host, "port": settings.port,
+                                                      "backlog": BACKLOG}
     # Everything built so far (modules, the routes table, the app) lives as long as the
     # process: keep it out of the collector's scans, and collect the young generation less
     # often (each request allocates a few hundred short-lived objects).

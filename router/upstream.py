@@ -28,17 +28,22 @@ from yarl import URL
 READ_BUFSIZE = 2 ** 16
 MAX_LINE = 8190        # aiohttp's own limits for a status line and a header
 KEEPALIVE_S = 15.0     # an idle connection older than this is not reused (aiohttp's default)
+# Connections being opened to one origin at once. A burst of calls on an empty pool would
+# otherwise open them all together and overflow the vendor's accept queue (128 by default
+# for many servers): the dropped SYNs come back only after 1 s or 3 s of TCP retransmission.
+CONNECTING = 32
 
 
 class _Origin:
     """One scheme://host:port: its idle connections, and how many are in use."""
 
-    __slots__ = ("host", "port", "tls", "host_header", "idle", "busy", "waiters", "live", "key")
+    __slots__ = ("host", "port", "tls", "host_header", "idle", "busy", "connecting", "waiters", "live", "key")
 
     def __init__(self, scheme: str, host: str, port: int, host_header: str) -> None:
         self.host, self.port, self.tls, self.host_header = host, port, scheme == "https", host_header
         self.idle: deque[tuple[ResponseHandler, float]] = deque()
         self.busy = 0
+        self.connecting = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.live: set[ResponseHandler] = set()
         self.key = ConnectionKey(host, port, self.tls, True, None, None, None)
@@ -100,11 +105,12 @@ class UpstreamResponse:
 
 
 class Upstream:
-    """Keep-alive connections per origin, at most `limit_per_host` in use at once (a call past
-    it waits for one); shared by every request of an app."""
+    """Keep-alive connections per origin, at most `limit_per_host` in use and `connecting` being
+    opened at once (a call past either waits: for an idle connection or a turn to open one);
+    shared by every request of an app."""
 
-    def __init__(self, limit_per_host: int = 512, keepalive_s: float = KEEPALIVE_S) -> None:
-        self.limit_per_host, self.keepalive_s = limit_per_host, keepalive_s
+    def __init__(self, limit_per_host: int = 512, keepalive_s: float = KEEPALIVE_S, connecting: int = CONNECTING) -> None:
+        self.limit_per_host, self.keepalive_s, self.connecting = limit_per_host, keepalive_s, connecting
         self._origins: dict[str, _Origin] = {}
         self._targets: dict[str, tuple[_Origin, bytes]] = {}   # url -> (origin, "POST <path> HTTP/1.1\r\nHost: ..")
         self._tls: ssl.SSLContext | None = None
@@ -188,7 +194,7 @@ class Upstream:
                     origin.busy += 1
                     return proto
                 self._drop(origin, proto)
-            if origin.busy < self.limit_per_host:
+            if origin.busy < self.limit_per_host and origin.connecting < self.connecting:
                 break
             fut = loop.create_future()
             origin.waiters.append(fut)
@@ -199,12 +205,15 @@ class Upstream:
                     origin.wake()   # pass on the turn this waiter was given
                 raise
         origin.busy += 1
+        origin.connecting += 1
         try:
             proto = await self._connect(origin, connect_s)
         except BaseException:
             origin.busy -= 1
-            origin.wake()
             raise
+        finally:
+            origin.connecting -= 1
+            origin.wake()
         origin.live.add(proto)
         return proto
 

@@ -71,7 +71,10 @@ def refusal(table: RouteTable, workers: int, redis_url: str | None) -> str | Non
             "workers share them, or run --workers 1.")
 
 
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+BACKLOG = 2048  # connections waiting to be accepted, per listening socket
+
+
+def listen(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -191,3 +191,34 @@ async def test_closing_the_client_fails_a_read_still_waiting(vendor):
         await asyncio.wait_for(read, 2)
     with pytest.raises(aiohttp.ClientConnectionError):
         await client.post(vendor.url + "/echo", b"", {}, 5)
+
+
+async def test_a_burst_on_an_empty_pool_opens_a_few_connections_at_a_time(vendor, monkeypatch):
+    """Opening every connection of a burst at once overflows a vendor's accept queue."""
+    loop = asyncio.get_running_loop()
+    real, opening, most = loop.create_connection, 0, 0
+
+    async def counting(*args, **kw):
+        nonlocal opening, most
+        opening += 1
+        most = max(most, opening)
+        try:
+            await asyncio.sleep(0.02)   # a vendor slow to accept
+            return await real(*args, **kw)
+        finally:
+            opening -= 1
+
+    monkeypatch.setattr(loop, "create_connection", counting)
+    client = Upstream(connecting=2)
+    try:
+        async def call() -> bytes:
+            resp = await client.post(vendor.url + "/slow", b"ok", {}, 5)
+            try:
+                return await resp.read()
+            finally:
+                resp.release()
+
+        assert await asyncio.gather(*(call() for _ in range(8))) == [b"ok"] * 8
+    finally:
+        await client.close()
+    assert most == 2
