@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -85,18 +85,17 @@ class UpstreamResponse:
     def close(self) -> None:
         """Hang up, whatever is left of the body (a reader still waiting on it fails)."""
         self._notify()
-        if not self._done:
-            self._done = True
-            if self._timer is not None:
-                self._timer.cancel()
-            self._client._hang_up(self._origin, self._proto, self)
+        self._end(self._client._hang_up)
 
     def _eof(self) -> None:
+        self._end(self._client._give_back)
+
+    def _end(self, how: Callable[[_Origin, ResponseHandler, UpstreamResponse], None]) -> None:
         if not self._done:
             self._done = True
             if self._timer is not None:
                 self._timer.cancel()
-            self._client._give_back(self._origin, self._proto, self)
+            how(self._origin, self._proto, self)
 
     def _notify(self) -> None:
         # as aiohttp's ClientResponse: a read after the end of the call fails instead of waiting

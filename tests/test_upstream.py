@@ -126,15 +126,16 @@ async def test_an_idle_connection_past_its_keepalive_is_not_reused(vendor):
     assert len(vendor.connections) == 2
 
 
-async def test_calls_past_the_per_origin_limit_wait_for_a_connection(vendor, client):
-    async def call() -> bytes:
-        resp = await client.post(vendor.url + "/slow", b"ok", {}, 5)
-        try:
-            return await resp.read()
-        finally:
-            resp.release()
+async def slow_call(client: Upstream, vendor: Vendor) -> bytes:
+    resp = await client.post(vendor.url + "/slow", b"ok", {}, 5)
+    try:
+        return await resp.read()
+    finally:
+        resp.release()
 
-    assert await asyncio.gather(*(call() for _ in range(6))) == [b"ok"] * 6
+
+async def test_calls_past_the_per_origin_limit_wait_for_a_connection(vendor, client):
+    assert await asyncio.gather(*(slow_call(client, vendor) for _ in range(6))) == [b"ok"] * 6
     assert vendor.most_in_flight == 2 and len(vendor.connections) == 2
 
 
@@ -211,14 +212,7 @@ async def test_a_burst_on_an_empty_pool_opens_a_few_connections_at_a_time(vendor
     monkeypatch.setattr(loop, "create_connection", counting)
     client = Upstream(connecting=2)
     try:
-        async def call() -> bytes:
-            resp = await client.post(vendor.url + "/slow", b"ok", {}, 5)
-            try:
-                return await resp.read()
-            finally:
-                resp.release()
-
-        assert await asyncio.gather(*(call() for _ in range(8))) == [b"ok"] * 8
+        assert await asyncio.gather(*(slow_call(client, vendor) for _ in range(8))) == [b"ok"] * 8
     finally:
         await client.close()
     assert most == 2
