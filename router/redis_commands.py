@@ -1,0 +1,75 @@
+"""A batch's commands: one script call each, and the settles nobody waits for merged.
+
+Used by redis_link.py, which sends them; a settle may come as wire-format ops
+(redis_resp.SettleOps) and is decoded to lists only for a path that needs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from router.redis_resp import SettleOps
+from router.redis_scripts import SETTLE_HEADER
+
+Orphan = Callable[[Any], None]
+
+
+class Command:
+    """One script call in a batch. `fut` is None for a call nobody waits on; `orphan` gets
+    the reply of a call whose waiter was cancelled (so it can undo what the script took);
+    `replay` keeps the call for when Redis is back if it could not be sent; `packed` is the
+    call's EVALSHA already in Redis's wire format (see Packer); a settle may come as `ops`
+    in wire format instead of keys and args (decoded only for a path that needs them)."""
+
+    __slots__ = ("name", "_keys", "_args", "fut", "orphan", "replay", "op", "packed", "ops")
+
+    def __init__(self, op: str, name: str, keys: Sequence[str] | None, args: Sequence[str] | None,
+                 fut: asyncio.Future[Any] | None, orphan: Orphan | None, replay: bool,
+                 packed: bytes | None = None, ops: SettleOps | None = None) -> None:
+        self.op, self.name, self._keys, self._args = op, name, keys, args
+        self.fut, self.orphan, self.replay, self.packed, self.ops = fut, orphan, replay, packed, ops
+
+    @property
+    def keys(self) -> Sequence[str]:
+        if self._keys is None:
+            self._decode()
+        return self._keys  # type: ignore[return-value]
+
+    @property
+    def args(self) -> Sequence[str]:
+        if self._args is None:
+            self._decode()
+        return self._args  # type: ignore[return-value]
+
+    def _decode(self) -> None:
+        assert self.ops is not None
+        self._keys, self._args = self.ops.argv()
+
+
+def merge_settles(batch: list[Command], cluster: bool) -> list[Command]:
+    """Settles nobody waits for, of every request in the batch, as one script call (the settle
+    script takes any number of ops), ahead of the rest. In Cluster a script's keys must share
+    a slot: one call per hash tag, and they stay lists (their first key routes them)."""
+    loose = [c for c in batch if c.name == "settle" and c.fut is None]
+    if len(loose) < 2:
+        return batch
+    kept = [c for c in batch if not (c.name == "settle" and c.fut is None)]
+    if cluster:
+        by_tag: dict[str, list[Command]] = {}
+        for c in loose:
+            first = c.keys[0]
+            by_tag.setdefault(first[first.find("{"):first.find("}") + 1], []).append(c)
+        merged = [group[0] if len(group) == 1 else Command(
+            "settle", "settle", [k for c in group for k in c.keys],
+            [str(sum(int(c.args[0]) for c in group)), *group[0].args[1:SETTLE_HEADER],
+             *(a for c in group for a in c.args[SETTLE_HEADER:])], None, None, True) for group in by_tag.values()]
+        return [*merged, *kept]
+    ops: SettleOps | None = None
+    for c in loose:
+        one = c.ops or SettleOps.from_argv(c.keys, c.args, SETTLE_HEADER)
+        if ops is None:
+            ops = SettleOps(one.head)
+        ops.merge(one)
+    return [Command("settle", "settle", None, None, None, None, True, ops=ops), *kept]
