@@ -24,22 +24,17 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from hiredis import pack_command
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from router.redis_commands import Command, Orphan, merge_settles
 from router.redis_resp import Packer, SettleOps
-from router.redis_wire import Delivery, Wire, cluster_creds, open_wire, wire_target
+from router.redis_wire import Delivery, NoScript, ReplyError, Wire, cluster_creds, open_wire, wire_target
 from router.state import StateSettings
 
 if TYPE_CHECKING:
     from router.metrics import Metrics
 
 log = logging.getLogger("router.state")
-REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+REDIS_ERRORS = (ReplyError, OSError, TimeoutError)
 REPLAY_CHUNK = 200  # settles replayed per pipeline once Redis is back
 REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
 # A call nobody waits for (a settle, a health record) made while a batch is on the wire goes
@@ -54,13 +49,25 @@ class Unavailable(Exception):
     """Redis failed or is held off; the caller falls back."""
 
 
-def make_client(url: str, s: StateSettings) -> tuple[Redis | RedisCluster, bool]:
-    """(client, is_cluster) for redis://, rediss://, redis-cluster://, ...?cluster=true.
+def is_cluster(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme.endswith("-cluster") or \
+        parse_qs(parts.query).get("cluster", ["false"])[0].lower() in ("1", "true", "yes")
+
+
+def make_client(url: str, s: StateSettings) -> Any:
+    """redis-py's client for what the proxy's own wire does not speak: TLS, sockets, Cluster
+    (its slot map and redirections). Imported here, so plain redis:// never loads it.
     One immediate retry inside redis-py, for a pooled connection that went stale (Redis
     restarted, Cluster client re-initialised); `redis_timeout_s` still bounds the batch."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio.cluster import RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
     parts = urlsplit(url)
     query = parse_qs(parts.query)
-    cluster = query.pop("cluster", ["false"])[0].lower() in ("1", "true", "yes") or parts.scheme.endswith("-cluster")
+    query.pop("cluster", None)
     scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
     clean = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query, doseq=True), parts.fragment))
     kw: dict[str, Any] = {
@@ -68,12 +75,19 @@ def make_client(url: str, s: StateSettings) -> tuple[Redis | RedisCluster, bool]
         "socket_connect_timeout": s.redis_timeout_s,
         "retry": Retry(NoBackoff(), 1),
     }
-    if cluster:
-        return RedisCluster.from_url(clean, max_connections=s.redis_max_connections, **kw), True
+    if is_cluster(url):
+        return RedisCluster.from_url(clean, max_connections=s.redis_max_connections, **kw)
     # a blocking pool: a burst past the pool size waits for a connection (within the
     # timeout) instead of failing with "Too many connections"
     pool = BlockingConnectionPool.from_url(clean, max_connections=s.redis_max_connections, timeout=s.redis_timeout_s, **kw)
-    return Redis.from_pool(pool), False
+    return Redis.from_pool(pool)
+
+
+def _ours(reply: Any) -> Any:
+    """A redis-py error reply as this module's own (NoScript, ReplyError)."""
+    if isinstance(reply, Exception) and not isinstance(reply, (ReplyError, OSError, TimeoutError)):
+        return (NoScript if type(reply).__name__ == "NoScriptError" else ReplyError)(str(reply))
+    return reply
 
 
 class RedisLink:
@@ -83,7 +97,11 @@ class RedisLink:
         self._s, self._metrics = settings, metrics
         self._scripts = scripts
         self._shas = {name: hashlib.sha1(body.encode()).hexdigest() for name, body in scripts.items()}
-        self.client, self.cluster = make_client(url, settings)
+        self.cluster = is_cluster(url)
+        # plain redis:// goes over one pipelined connection of our own (redis_wire.py); TLS,
+        # sockets and Cluster go through redis-py
+        self._wire_at = None if self.cluster else wire_target(url)
+        self.client: Any = make_client(url, settings) if self._wire_at is None else None
         self._queue: list[Command] = []     # calls someone waits for: sent this loop iteration
         self._loose: list[Command] = []     # calls nobody waits for: sent with the next batch
         self._soon, self._later = False, None   # a flush scheduled now / after LOOSE_DELAY_S
@@ -95,9 +113,6 @@ class RedisLink:
         self._backoff, self._retry_at, self._up_since = settings.reconnect_min_s, 0.0, 0.0
         self._probe_task: asyncio.Task[None] | None = None
         self._cluster_ready, self._init_lock = False, asyncio.Lock()
-        # plain redis:// goes over one pipelined connection of our own (redis_wire.py); TLS,
-        # sockets and Cluster go through redis-py
-        self._wire_at = None if self.cluster else wire_target(url)
         self._wire: Wire | None = None
         self._node_creds = cluster_creds(url) if self.cluster else None
         self._node_wires: dict[str, Wire] = {}
@@ -241,8 +256,8 @@ class RedisLink:
                 left -= 1
                 if left or not finish():
                     return
-                redo = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError) or
-                        (isinstance(r, RedisError) and str(r).startswith(REDIRECTS))]
+                redo = [i for i, r in enumerate(replies) if isinstance(r, NoScript) or
+                        (isinstance(r, ReplyError) and str(r).startswith(REDIRECTS))]
                 if redo:
                     self._spawn(self._redo(batch, replies, redo))
                 else:
@@ -259,7 +274,7 @@ class RedisLink:
         map is reloaded), sent again; the others' replies are delivered with theirs."""
         try:
             async with asyncio.timeout(self._s.redis_timeout_s):
-                if self.cluster and any(not isinstance(replies[i], NoScriptError) for i in redo):
+                if self.cluster and any(not isinstance(replies[i], NoScript) for i in redo):
                     await self.client.nodes_manager.initialize()  # type: ignore[union-attr]
                 again = await self._pipeline([batch[i] for i in redo])
         except Exception as e:
@@ -297,7 +312,7 @@ class RedisLink:
     async def _pipeline(self, batch: Sequence[Command]) -> list[Any]:
         """EVALSHA for all; the calls Redis has no script for yet go again as EVAL, which caches it."""
         replies = await self._run(batch, sha=True)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScript)]
         if missing:
             again = await self._run([batch[i] for i in missing], sha=False)
             for i, r in zip(missing, again, strict=True):
@@ -323,7 +338,7 @@ class RedisLink:
         # execute_command: a Cluster pipeline refuses its own evalsha method, not the command
         for c in batch:
             pipe.execute_command(verb, code[c.name], len(c.keys), *c.keys, *c.args)
-        return list(await pipe.execute(raise_on_error=False))
+        return [_ours(r) for r in await pipe.execute(raise_on_error=False)]
 
     async def _run_on_nodes(self, batch: Sequence[Command], verb: str, code: dict[str, str]) -> list[Any]:
         """Cluster: each command to the primary holding its keys' slot (redis-py's slot map),
@@ -345,7 +360,7 @@ class RedisLink:
         for (_, idx), got in zip(by_node.values(), await asyncio.gather(*sent), strict=True):
             for i, reply in zip(idx, got, strict=True):
                 replies[i] = reply
-        moved = [i for i, r in enumerate(replies) if isinstance(r, RedisError) and str(r).startswith(REDIRECTS)]
+        moved = [i for i, r in enumerate(replies) if isinstance(r, ReplyError) and str(r).startswith(REDIRECTS)]
         if moved:
             await client.nodes_manager.initialize()
             for i, reply in zip(moved, await self._run_pipeline([batch[i] for i in moved], verb, code), strict=True):
@@ -380,7 +395,7 @@ class RedisLink:
                     self._cluster_ready = True
 
     def _failed(self, batch: Sequence[Command], e: BaseException) -> None:
-        if not isinstance(e, REDIS_ERRORS):
+        if not isinstance(e, REDIS_ERRORS) and not type(e).__module__.startswith("redis."):
             log.error("unexpected error from redis during %s: %r", batch[0].op if batch else "?", e)
         self._mark_down(batch[0].op if batch else "batch", e)
         for cmd in batch:
@@ -419,13 +434,18 @@ class RedisLink:
         async with asyncio.timeout(self._s.redis_timeout_s):
             await self._init_cluster()
             if not self.cluster:
-                await self.client.ping()
+                if self.client is not None:
+                    await self.client.ping()
+                    return
+                reply = (await (await self._connected()).send(pack_command(("PING",)), 1))[0]
+                if isinstance(reply, Exception):
+                    raise reply
                 return
             cluster: Any = self.client
-            info: dict[str, dict[str, str]] = await cluster.cluster_info(target_nodes=RedisCluster.PRIMARIES)
+            info: dict[str, dict[str, str]] = await cluster.cluster_info(target_nodes=cluster.PRIMARIES)
         bad = [node for node, i in info.items() if i.get("cluster_state") != "ok"]
         if bad:
-            raise RedisClusterException(f"cluster_state not ok on {', '.join(sorted(bad))}")
+            raise ReplyError(f"cluster_state not ok on {', '.join(sorted(bad))}")
 
     async def check(self) -> bool:
         """/readyz: one PING now (when not held off)."""
@@ -480,4 +500,5 @@ class RedisLink:
         for wire in [self._wire, *self._node_wires.values()]:
             if wire is not None:
                 wire.close()
-        await self.client.aclose()
+        if self.client is not None:
+            await self.client.aclose()

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from hiredis import Reader, pack_command
-from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 
 log = logging.getLogger("router.state")
 
@@ -44,9 +43,18 @@ def cluster_creds(url: str) -> tuple[str | None, str | None] | None:
     return (unquote(parts.username) if parts.username else None, unquote(parts.password) if parts.password else None)
 
 
-def reply_error(e: Exception) -> ResponseError:
+class ReplyError(Exception):
+    """An error reply from Redis in place of a command's result (a script's error, a
+    Cluster's redirection). Its own classes, so plain redis:// never loads redis-py."""
+
+
+class NoScript(ReplyError):
+    """NOSCRIPT: Redis does not have the script cached (a first use, or after a restart)."""
+
+
+def reply_error(e: Exception) -> ReplyError:
     message = str(e)
-    return NoScriptError(message) if message.startswith("NOSCRIPT") else ResponseError(message)
+    return NoScript(message) if message.startswith("NOSCRIPT") else ReplyError(message)
 
 
 Delivery = Callable[[list[Any] | None, Exception | None], None]   # (replies, or the failure)
@@ -84,7 +92,7 @@ class Wire(asyncio.Protocol):
 
     def send(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
         """Write `count` packed commands; the future gets their replies in order (an error
-        reply is a ResponseError in its place)."""
+        reply is a ReplyError in its place)."""
         fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         if self.lost or self._transport is None:
             fut.set_exception(ConnectionError("connection to redis lost"))
@@ -140,7 +148,7 @@ async def open_wire(host: str, port: int, username: str | None, password: str | 
         hello.append(("SELECT", db))
     if hello:
         for reply in await wire.send(b"".join(pack_command(c) for c in hello), len(hello)):
-            if isinstance(reply, ResponseError):
+            if isinstance(reply, ReplyError):
                 wire.close()
                 raise reply
     return wire
