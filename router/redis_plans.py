@@ -44,7 +44,8 @@ class Plan:
 
     def settle_parts(self, with_tokens: bool) -> tuple[bytes, int, list[bytes]]:
         """The keys (encoded, and how many) and each op's kind of this plan's settle: tpm
-        amounts (when the actual count is known) and concurrency slots; see _add_ops."""
+        amounts (when the actual count is known) and concurrency slots, as RedisState._add_ops
+        picks them."""
         parts = self._settle.get(with_tokens)
         if parts is None:
             idx = [i for i, c in enumerate(self.checks) if c.kind == CONCURRENT or (c.kind == TPM and with_tokens)]
