@@ -216,3 +216,13 @@ async def test_a_burst_on_an_empty_pool_opens_a_few_connections_at_a_time(vendor
     finally:
         await client.close()
     assert most == 2
+
+
+async def test_the_proxys_upstream_client_takes_its_limit_from_the_settings(start_proxy, vendor):
+    from router.handlers import PROXY
+    from router.settings import ServeSettings
+
+    proxy = await start_proxy({"providers": {"up": {"kind": "openai", "base_url": vendor.url + "/v1"}},
+                               "models": {"m": {"targets": [{"provider": "up", "model": "m"}]}}},
+                              settings=ServeSettings(upstream_connections=7))
+    assert proxy.app[PROXY].upstream.limit_per_host == 7
