@@ -30,7 +30,9 @@ Cases:
              warm-up and at the end
 
 Before each timed run one request is checked by hand (status 200; for a stream every chunk
-and `data: [DONE]`), so a contender that answers fast but wrong shows up.
+and `data: [DONE]`), so a contender that answers fast but wrong shows up. Then a one-second
+warm-up, and a wait until the contender is idle: the warm-up's streams are cut off when wrk
+stops, and the timed run should not measure the recovery from that.
 
 LiteLLM (optional, installed apart, never vendored here): `python -m venv /tmp/litellm-venv
 && /tmp/litellm-venv/bin/pip install 'litellm[proxy]'`; it gets a generated config with one
@@ -110,7 +112,8 @@ UPSTREAM = textwrap.dedent('''
     app = web.Application()
     app.router.add_post("/v1/completions", handle); app.router.add_post("/v1/chat/completions", handle)
     app.router.add_get("/v1/models", models)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, backlog=4096,
+                loop=uvloop.new_event_loop())
 ''')
 
 RELAY = textwrap.dedent('''
@@ -134,7 +137,8 @@ RELAY = textwrap.dedent('''
             return resp
     app = web.Application(); app.cleanup_ctx.append(session)
     app.router.add_post("/v1/completions", handle); app.router.add_post("/v1/chat/completions", handle)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, loop=uvloop.new_event_loop())
+    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, backlog=4096,
+                loop=uvloop.new_event_loop())
 ''')
 
 ROUTES = textwrap.dedent('''
@@ -294,6 +298,19 @@ def wrk(port: int, path: str, seconds: int, connections: int, script: Path) -> d
     return {"rps": rps, "requests": total, "p50_ms": lat["50"], "p99_ms": lat["99"],
             "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "sockerr": sum(int(g) for g in sock.groups()) if sock else 0}
+
+
+def quiet(pid: int, timeout: float = 10.0) -> None:
+    """Wait until pid has gone a quarter second without CPU: the warm-up's cut-off streams
+    have ended, so the timed run starts from a steady state for every contender alike."""
+    end = time.monotonic() + timeout
+    last = cpu_seconds(pid)
+    while time.monotonic() < end:
+        time.sleep(0.25)
+        now = cpu_seconds(pid)
+        if now - last < 0.005:
+            return
+        last = now
 
 
 def rss_kb(pid: int) -> int:
@@ -510,6 +527,7 @@ def main() -> int:
             def fn(name: str, port: int, p: subprocess.Popen[bytes]) -> None:
                 probe(port, path, request_body(chat, stream), key, stream, 20, ups[up])
                 wrk(port, path, 1, conns, lua(up, stream))  # warm-up
+                quiet(p.pid)
                 cpu0 = cpu_seconds(p.pid)
                 r = wrk(port, path, args.seconds, conns, lua(up, stream))
                 r["cpu_ms"] = 1000 * (cpu_seconds(p.pid) - cpu0) / max(r["requests"], 1)
