@@ -72,20 +72,35 @@ class Unsupported(RouterError):
                          code="unsupported_parameter")
 
 
-@dataclass(frozen=True, slots=True)
 class Fill:
     """What OpenAI requires and a vendor may leave out, made once per answer, so every chunk
-    of a stream (and every part of a split request) carries the same `id` and `created`."""
+    of a stream (and every part of a split request) carries the same `id` and `created`.
+    Made on first use: most vendors send both, and then the answer never pays for them."""
 
-    id: str
-    created: int
+    __slots__ = ("_prefix", "_id", "_created")
+
+    def __init__(self, endpoint: str) -> None:
+        self._prefix = "chatcmpl-" if endpoint == Endpoint.CHAT else "cmpl-"
+        self._id: str | None = None
+        self._created: int | None = None
 
     @classmethod
     def new(cls, endpoint: str) -> Fill:
-        prefix = "chatcmpl-" if endpoint == Endpoint.CHAT else "cmpl-"
-        # ids only need to be unique, not secret: no system call per answer (random reseeds
-        # itself in each forked worker)
-        return cls(f"{prefix}{random.getrandbits(96):024x}", int(time.time()))
+        return cls(endpoint)
+
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            # ids only need to be unique, not secret: no system call per answer (random
+            # reseeds itself in each forked worker)
+            self._id = f"{self._prefix}{random.getrandbits(96):024x}"
+        return self._id
+
+    @property
+    def created(self) -> int:
+        if self._created is None:
+            self._created = int(time.time())
+        return self._created
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,21 @@ def _payload(event: bytes) -> bytes | None:
     return b"\n".join(data) if data else None
 
 
+def general_payloads(events: bytes) -> list[bytes]:
+    """The `data` of each event in `events` (whole events, the last blank line cut off)."""
+    return [p for p in map(_payload, events.split(b"\n\n")) if p is not None]
+
+
+def payloads(events: bytes) -> list[bytes]:
+    """general_payloads, fast where every event is one `data: ` line, as vendors send them:
+    one split instead of a call per event. Any other line shows in the count of newlines."""
+    if events.startswith(b"data: "):
+        batch = events[6:].split(b"\n\ndata: ")
+        if events.count(b"\n") == 2 * (len(batch) - 1):
+            return batch
+    return general_payloads(events)
+
+
 async def event_batches(reader: StreamReader) -> AsyncIterator[list[bytes]]:
     """Yield, per network read, the payloads of the events that read completed."""
     buf = b""
@@ -36,12 +51,13 @@ async def event_batches(reader: StreamReader) -> AsyncIterator[list[bytes]]:
         buf += chunk
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
-        if b"\n\n" not in buf:
+        end = buf.rfind(b"\n\n")
+        if end < 0:
             if len(buf) > MAX_EVENT_BYTES:
                 raise SSEError(f"an event of over {MAX_EVENT_BYTES} bytes")
             continue
-        *events, buf = buf.split(b"\n\n")
-        batch = [p for p in map(_payload, events) if p is not None]
+        batch = payloads(buf[:end])
+        buf = buf[end + 2:]
         if batch:
             yield batch
     tail = _payload(buf.strip(b"\n")) if buf.strip() else None

@@ -32,6 +32,8 @@ from router.upstream import UpstreamResponse
 
 log = logging.getLogger("router.stream")
 
+loads, dumps = orjson.loads, orjson.dumps
+
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -179,9 +181,13 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
         if isinstance(delta, dict) and delta.get("tool_calls"):
             finished = True   # a tool call is not continued as text
 
+    chunk_fix = adapter.openai_chunk
+
     def shape(o: dict[str, Any]) -> bytes | None:
+        """One event as the client gets it; the per-chunk path, so exact-type checks
+        (orjson makes plain dicts and strs) and no calls that are not needed."""
         nonlocal reported, estimate, same
-        adapter.openai_chunk(endpoint, o, fill)
+        chunk_fix(endpoint, o, fill)
         if said is not None:
             if same is None:
                 same = (o["id"], o["created"])
@@ -189,16 +195,22 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                 o["id"], o["created"] = same
         o["model"] = public
         o["provider"] = provider
-        for c in o.get("choices") or ():
-            text = c.get("text") if isinstance(c, dict) else None
-            if text is None and isinstance(c, dict) and isinstance(c.get("delta"), dict):
-                text = c["delta"].get("content")
-            if isinstance(text, str) and text:
-                estimate += (len(text) + 3) // 4
+        choices = o.get("choices")
+        if type(choices) is list:
+            for c in choices:
+                if type(c) is not dict:
+                    continue
+                text = c.get("text")
+                if text is None:
+                    delta = c.get("delta")
+                    if type(delta) is dict:
+                        text = delta.get("content")
+                if text and type(text) is str:
+                    estimate += (len(text) + 3) // 4
+                    if said is not None:
+                        said.append(text)
                 if said is not None:
-                    said.append(text)
-            if said is not None and isinstance(c, dict):
-                track(c)
+                    track(c)
         if "usage" in o:
             usage = o["usage"]
             if usage:
@@ -207,10 +219,10 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                 if ex.parts:
                     o["usage"] = ex.usage_total()
             if not keep_usage:
-                if not o.get("choices"):
+                if not choices:
                     return None
                 del o["usage"]
-        return encode(o)
+        return b"data: " + dumps(o) + b"\n\n"
 
     def end_part() -> None:
         """The serving part's usage, where its vendor never reported it: what was surely used."""
@@ -243,8 +255,11 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                             if data == b"[DONE]":
                                 done = True
                                 break
-                            obj = load_event(data)
-                            if obj is None:
+                            try:
+                                obj = loads(data)
+                            except orjson.JSONDecodeError:
+                                obj = None
+                            if type(obj) is not dict:
                                 failure = broken_stream(provider, "sent a stream event that is not JSON", "upstream_bad_response")
                                 break
                             if "error" in obj:

@@ -8,7 +8,7 @@ import pytest
 import aiohttp
 from aiohttp import web
 
-from router.sse import MAX_EVENT_BYTES, SSEError, event_batches
+from router.sse import MAX_EVENT_BYTES, SSEError, event_batches, general_payloads, payloads
 
 STREAM = ('data: {"a": "caf\u00e9"}\n\n'
           ": a comment line\n\n"
@@ -58,3 +58,22 @@ async def test_a_last_event_without_its_blank_line_is_still_read():
 async def test_an_endless_event_is_refused():
     with pytest.raises(SSEError):
         await read_all([b"data: " + b"x" * (MAX_EVENT_BYTES + 10)])
+
+
+@pytest.mark.parametrize("events", [
+    b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: [DONE]',
+    b"data: one",
+    b"data: ",
+    b"data: a\n\ndata:b",
+    b"data: a\n\n\ndata: b",
+    b"data: a\n",
+    b"data: a\n\n: comment\n\ndata: b",
+    b"data: a\n\nevent: x\ndata: b",
+    b"data: line one\ndata: line two\n\ndata: c",
+    b"data: a\n\nid: 3",
+    b"\ndata: a",
+    b": only a comment",
+    b'data: {"text": "data: not an event"}',
+])
+def test_the_one_line_fast_path_reads_what_the_general_reader_reads(events):
+    assert payloads(events) == general_payloads(events)
