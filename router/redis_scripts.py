@@ -38,12 +38,36 @@ end
 """
 
 # The current time for a script: the caller's clock when it passes one (tests move it),
-# else Redis's own TIME, so every replica's windows and cooldowns share one clock.
+# else Redis's own TIME, so every replica's windows and cooldowns share one clock. Asked
+# once per script run: a batch of settles is one moment.
 LUA_NOW = """
+local redis_now
 local function clock(given)
   if given ~= '' then return given end
-  local t = redis.call('TIME')
-  return t[1] .. '.' .. string.format('%06d', t[2])
+  if not redis_now then
+    local t = redis.call('TIME')
+    redis_now = t[1] .. '.' .. string.format('%06d', t[2])
+  end
+  return redis_now
+end
+"""
+
+# A tpm check's hash keeps, beside each reservation's tokens, '_' (the tokens in the window),
+# '#' (every token ever reserved: the ledger's running total) and '@' (when the check's
+# three keys last had their TTL set). Each script reads them once and writes them back with
+# a reservation, so charging one is one HSET, not three. The TTL is twice the window and set
+# again once half a window has passed: a key outlives every entry in it by at least half a
+# window, for three PEXPIREs per check per half window instead of per request.
+LUA_TPM = """
+local tpm_state = {}
+local function tpm_get(h)
+  local v = tpm_state[h]
+  if not v then
+    local r = redis.call('HMGET', h, '_', '#', '@')
+    v = {tonumber(r[1] or '0'), tonumber(r[2] or '0'), tonumber(r[3] or '-1e18')}
+    tpm_state[h] = v
+  end
+  return v
 end
 """
 
@@ -123,6 +147,7 @@ local cur = math.floor(now / width)
 local cutoff = string.format('%.6f', now - W)
 local lease = string.format('%.6f', now + lease_ms / 1000)
 local function used_tokens(z, h, l)
+  local v = tpm_get(h)
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
   if #old > 0 then
     local sub = 0
@@ -133,9 +158,12 @@ local function used_tokens(z, h, l)
       redis.call('ZREM', l, unpack(chunk))
     end
     redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
-    if sub ~= 0 then redis.call('HINCRBY', h, '_', -sub) end
+    if sub ~= 0 then
+      v[1] = v[1] - sub
+      redis.call('HSET', h, '_', v[1])
+    end
   end
-  return tonumber(redis.call('HGET', h, '_') or '0')
+  return v[1]
 end
 local function until_ms(score) return math.max(1, math.ceil((tonumber(score) + W - now) * 1000)) end
 local function reset_ms(z)
@@ -194,14 +222,21 @@ for c = 1, n do
   local reset = 0
   if kind == 'rpm' or kind == 'tpm' then
     redis.call('ZADD', z, nows, rid)
-    redis.call('PEXPIRE', z, win_ms)
     if h then
-      redis.call('HSET', h, rid, amount)
-      redis.call('HINCRBY', h, '_', amount)
-      local total = redis.call('HINCRBY', h, '#', amount)
-      redis.call('PEXPIRE', h, win_ms)
-      redis.call('ZADD', l, total - amount, rid)
-      redis.call('PEXPIRE', l, win_ms)
+      local v = tpm_get(h)
+      redis.call('ZADD', l, v[2], rid)
+      v[1], v[2] = v[1] + amount, v[2] + amount
+      if now - v[3] > W / 2 then
+        v[3] = now
+        redis.call('HSET', h, rid, amount, '_', v[1], '#', v[2], '@', nows)
+        redis.call('PEXPIRE', z, 2 * win_ms)
+        redis.call('PEXPIRE', h, 2 * win_ms)
+        redis.call('PEXPIRE', l, 2 * win_ms)
+      else
+        redis.call('HSET', h, rid, amount, '_', v[1], '#', v[2])
+      end
+    else
+      redis.call('PEXPIRE', z, win_ms)
     end
     reset = reset_ms(z)
   elseif kind == 'concurrent' then
@@ -241,13 +276,16 @@ for c = 1, tonumber(ARGV[1]) do
     ki = ki + 2
     local cur = redis.call('HGET', h, rid)
     if cur and a == 'refund' then
+      local v = tpm_get(h)
+      v[1] = v[1] - tonumber(cur)
       redis.call('ZREM', z, rid)
       redis.call('ZREM', l, rid)
       redis.call('HDEL', h, rid)
-      redis.call('HINCRBY', h, '_', -tonumber(cur))
+      redis.call('HSET', h, '_', v[1])
     elseif cur then
-      redis.call('HSET', h, rid, a)
-      redis.call('HINCRBY', h, '_', tonumber(a) - tonumber(cur))
+      local v = tpm_get(h)
+      v[1] = v[1] + tonumber(a) - tonumber(cur)
+      redis.call('HSET', h, rid, a, '_', v[1])
     end
   elseif kind == 'spend' then
     local month, marker = KEYS[ki], KEYS[ki + 1]
@@ -260,16 +298,18 @@ for c = 1, tonumber(ARGV[1]) do
     end
   elseif kind == 'ok' then
     local now, lat = tonumber(clock(b)), tonumber(rid)
-    if lat then
-      local avg = tonumber(redis.call('HGET', z, a))
-      if avg then avg = alpha * lat + (1 - alpha) * avg else avg = lat end
-      redis.call('HSET', z, a, string.format('%.6f', avg))
-    end
     local cur = math.floor(now / width)
     local k = cur % nb
-    local bi, bn, be = unpack(redis.call('HMGET', z, 'i' .. k, 'n' .. k, 'e' .. k))
+    local bi, bn, be, avg = unpack(redis.call('HMGET', z, 'i' .. k, 'n' .. k, 'e' .. k, a))
     if tonumber(bi) ~= cur then bn, be = 0, 0 end
-    redis.call('HSET', z, 'i' .. k, cur, 'n' .. k, tonumber(bn) + 1, 'e' .. k, tonumber(be), 'cf', 0)
+    if lat then
+      avg = tonumber(avg)
+      if avg then avg = alpha * lat + (1 - alpha) * avg else avg = lat end
+      redis.call('HSET', z, 'i' .. k, cur, 'n' .. k, tonumber(bn) + 1, 'e' .. k, tonumber(be), 'cf', 0,
+                 a, string.format('%.6f', avg))
+    else
+      redis.call('HSET', z, 'i' .. k, cur, 'n' .. k, tonumber(bn) + 1, 'e' .. k, tonumber(be), 'cf', 0)
+    end
     redis.call('PEXPIRE', z, ttl)
   elseif kind == 'lease' then
     redis.call('ZADD', z, 'XX', string.format('%.6f', tonumber(clock(b)) + tonumber(a) / 1000), rid)

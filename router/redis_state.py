@@ -5,7 +5,8 @@ Key layout (prefix "router"; the {hash tag} keeps one scope's counters on one sl
   router:{m:<model>}:rpm / :tpm / :tpm:h / :tpm:l
   router:{t:<target>}:rpm / :tpm / :tpm:h / :tpm:l / :health
 rpm, tpm and concurrency are sorted sets (member = reservation id; score = admit time, or
-lease deadline for :conc); :tpm:h maps id -> tokens with "_" the running total; :tpm:l is
+lease deadline for :conc); :tpm:h maps id -> tokens, with "_" the running total (see
+redis_scripts.LUA_TPM for its other fields and the TTLs); :tpm:l is
 the ledger that finds a tpm refusal's retry time in O(log n); :paid:<rid> makes a replayed
 spend count once.
 
@@ -35,7 +36,7 @@ from router.memory_state import MemoryState
 from router.redis_link import RedisLink, Unavailable
 from router.redis_plans import Plan, Planner
 from router.redis_resp import SettleOps, bulk
-from router.redis_scripts import LUA_ADMIT, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE
+from router.redis_scripts import LUA_ADMIT, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE, LUA_TPM
 from router.state import Grant, Rids, StateSettings, TargetGrant, count_rejection, log_transition, set_circuit
 
 if TYPE_CHECKING:
@@ -48,9 +49,9 @@ _EMPTY, _OK, _TT, _EW, _SPEND, _SPEND_TTL = map(bulk, ("", "ok", "tt", "ew", "sp
 Ops = dict[str, tuple[list[str], list[str]]]  # hash tag ("" standalone) -> (keys, args) of a settle script
 
 SCRIPTS = {
-    "admit": LUA_PRELUDE + LUA_NOW + LUA_ADMIT,
+    "admit": LUA_PRELUDE + LUA_NOW + LUA_TPM + LUA_ADMIT,
     "health": LUA_PRELUDE + LUA_NOW + LUA_HEALTH,
-    "settle": LUA_NOW + LUA_SETTLE,
+    "settle": LUA_NOW + LUA_TPM + LUA_SETTLE,
     "record": LUA_PRELUDE + LUA_NOW + LUA_RECORD,
 }
 

@@ -211,3 +211,29 @@ async def test_a_cluster_slot_moved_under_a_running_replica_is_followed_and_stay
         await s.close()
         for n in nodes:
             n.stop()
+
+
+async def test_every_key_written_expires_and_outlives_the_entries_in_its_window(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """Idle scopes vanish from Redis, but never while an entry still counts: right after an
+    admit each window key lives at least a window more (a tpm check's keys get their TTL
+    once per half window, so they live up to two)."""
+    server = redis_server_factory()
+    s = create_state(server.url, StateSettings(redis_timeout_s=2.0))
+    a = Admission("team-a", LimitSpec(rpm=100, tpm=10_000, concurrent=5), BudgetSpec(daily_usd=100.0), "gpt-x",
+                  LimitSpec(rpm=100, tpm=10_000), 10)
+    try:
+        for _ in range(3):
+            grant, _ = await s.admit(a, [])
+            await s.settle(grant, None, 10, 0.01)
+        await s.record("t", True, 0.2)
+        window_ms = 60_000
+        with server.client() as c:
+            ttls = {k.decode(): c.pttl(k) for k in c.keys("*")}
+        assert ttls and all(t > 0 for t in ttls.values()), [k for k, t in ttls.items() if t <= 0]
+        windowed = {k: t for k, t in ttls.items() if k.rsplit("}:", 1)[1] in ("rpm", "tpm", "tpm:h", "tpm:l")}
+        assert len(windowed) == 8, ttls   # rpm and tpm's three keys, for the key and the model
+        assert all(window_ms - 1_000 < t <= 2 * window_ms for t in windowed.values()), windowed
+    finally:
+        await s.close()
