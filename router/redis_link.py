@@ -21,10 +21,10 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from hiredis import pack_command
 
+from router.redis_client import REDIRECTS, ClusterNodes, is_cluster, make_client, run_pipeline
 from router.redis_commands import Command, Orphan, merge_settles
 from router.redis_resp import Packer, SettleOps
 from router.redis_wire import Delivery, NoScript, ReplyError, Wire, cluster_creds, open_wire, wire_target
@@ -36,58 +36,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.state")
 REDIS_ERRORS = (ReplyError, OSError, TimeoutError)
 REPLAY_CHUNK = 200  # settles replayed per pipeline once Redis is back
-REDIRECTS = ("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")
 # A call nobody waits for (a settle, a health record) made while a batch is on the wire goes
 # with the next batch someone waits for, or after this long: one write and one read fewer per
 # request under load. What a finished request gives back (a slot, unused tokens) or is charged
 # (spend) lands this much later at most; it goes ahead of the admits it travels with.
-LOOSE_DELAY_S = 0.002  # a Cluster's answers that mean "not here, not now"
-
+LOOSE_DELAY_S = 0.002
 
 
 class Unavailable(Exception):
     """Redis failed or is held off; the caller falls back."""
-
-
-def is_cluster(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme.endswith("-cluster") or \
-        parse_qs(parts.query).get("cluster", ["false"])[0].lower() in ("1", "true", "yes")
-
-
-def make_client(url: str, s: StateSettings) -> Any:
-    """redis-py's client for what the proxy's own wire does not speak: TLS, sockets, Cluster
-    (its slot map and redirections). Imported here, so plain redis:// never loads it.
-    One immediate retry inside redis-py, for a pooled connection that went stale (Redis
-    restarted, Cluster client re-initialised); `redis_timeout_s` still bounds the batch."""
-    from redis.asyncio import BlockingConnectionPool, Redis
-    from redis.asyncio.cluster import RedisCluster
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    query.pop("cluster", None)
-    scheme = "rediss" if parts.scheme.startswith("rediss") else "redis"
-    clean = urlunsplit((scheme, parts.netloc, parts.path, urlencode(query, doseq=True), parts.fragment))
-    kw: dict[str, Any] = {
-        "socket_timeout": s.redis_timeout_s,
-        "socket_connect_timeout": s.redis_timeout_s,
-        "retry": Retry(NoBackoff(), 1),
-    }
-    if is_cluster(url):
-        return RedisCluster.from_url(clean, max_connections=s.redis_max_connections, **kw)
-    # a blocking pool: a burst past the pool size waits for a connection (within the
-    # timeout) instead of failing with "Too many connections"
-    pool = BlockingConnectionPool.from_url(clean, max_connections=s.redis_max_connections, timeout=s.redis_timeout_s, **kw)
-    return Redis.from_pool(pool)
-
-
-def _ours(reply: Any) -> Any:
-    """A redis-py error reply as this module's own (NoScript, ReplyError)."""
-    if isinstance(reply, Exception) and not isinstance(reply, (ReplyError, OSError, TimeoutError)):
-        return (NoScript if type(reply).__name__ == "NoScriptError" else ReplyError)(str(reply))
-    return reply
 
 
 class RedisLink:
@@ -114,8 +71,8 @@ class RedisLink:
         self._probe_task: asyncio.Task[None] | None = None
         self._cluster_ready, self._init_lock = False, asyncio.Lock()
         self._wire: Wire | None = None
-        self._node_creds = cluster_creds(url) if self.cluster else None
-        self._node_wires: dict[str, Wire] = {}
+        creds = cluster_creds(url) if self.cluster else None
+        self._nodes = ClusterNodes(self.client, creds) if creds is not None else None
 
     # ---- calls ----------------------------------------------------------------------
     def available(self) -> bool:
@@ -134,7 +91,7 @@ class RedisLink:
              replay: bool = False, packer: Packer | None = None) -> asyncio.Future[Any]:
         """The reply of one script call, sent with this iteration's batch; fails with Unavailable."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        packed = packer.pack(args) if packer is not None and (self._wire is not None or self._node_wires) else None
+        packed = packer.pack(args) if packer is not None and (self._wire is not None or self._nodes is not None) else None
         self._enqueue(Command(op, name, keys, args, fut, orphan, replay, packed))
         return fut
 
@@ -199,20 +156,9 @@ class RedisLink:
         if self._wire_at is not None:
             wire = self._wire
             return [(wire, list(range(len(batch))))] if wire is not None and not wire.lost else None
-        if self._node_creds is None or not self._cluster_ready:
+        if self._nodes is None or not self._cluster_ready:
             return None
-        client: Any = self.client
-        by_node: dict[str, tuple[Wire, list[int]]] = {}
-        for i, c in enumerate(batch):
-            name = client.get_node_from_key(c.keys[0]).name
-            group = by_node.get(name)
-            if group is None:
-                wire = self._node_wires.get(name)
-                if wire is None or wire.lost:
-                    return None
-                group = by_node[name] = (wire, [])
-            group[1].append(i)
-        return list(by_node.values())
+        return self._nodes.groups(batch)
 
     def _pack(self, c: Command) -> bytes:
         if c.packed is not None:
@@ -328,54 +274,9 @@ class RedisLink:
             packed = b"".join([pack_command((verb, code[c.name], len(c.keys), *c.keys, *c.args))  # type: ignore[arg-type]
                                for c in batch])
             return await wire.send(packed, len(batch))
-        if self._node_creds is not None:
-            return await self._run_on_nodes(batch, verb, code)
-        return await self._run_pipeline(batch, verb, code)
-
-    async def _run_pipeline(self, batch: Sequence[Command], verb: str, code: dict[str, str]) -> list[Any]:
-        """Through redis-py: TLS, sockets, and Cluster commands redirected mid-batch."""
-        pipe: Any = self.client.pipeline(transaction=False)
-        # execute_command: a Cluster pipeline refuses its own evalsha method, not the command
-        for c in batch:
-            pipe.execute_command(verb, code[c.name], len(c.keys), *c.keys, *c.args)
-        return [_ours(r) for r in await pipe.execute(raise_on_error=False)]
-
-    async def _run_on_nodes(self, batch: Sequence[Command], verb: str, code: dict[str, str]) -> list[Any]:
-        """Cluster: each command to the primary holding its keys' slot (redis-py's slot map),
-        one write per node on a connection of our own; a command the cluster redirects
-        (resharding, failover) goes again through redis-py, which follows redirections, and
-        the slot map is reloaded."""
-        client: Any = self.client
-        by_node: dict[str, tuple[Any, list[int]]] = {}
-        for i, c in enumerate(batch):
-            node = client.get_node_from_key(c.keys[0])
-            by_node.setdefault(node.name, (node, []))[1].append(i)
-        sent = []
-        for node, idx in by_node.values():
-            wire = await self._node_wire(node.name, node.host, node.port)
-            packed = b"".join([pack_command((verb, code[batch[i].name], len(batch[i].keys), *batch[i].keys,  # type: ignore[arg-type]
-                                             *batch[i].args)) for i in idx])
-            sent.append(wire.send(packed, len(idx)))
-        replies: list[Any] = [None] * len(batch)
-        for (_, idx), got in zip(by_node.values(), await asyncio.gather(*sent), strict=True):
-            for i, reply in zip(idx, got, strict=True):
-                replies[i] = reply
-        moved = [i for i, r in enumerate(replies) if isinstance(r, ReplyError) and str(r).startswith(REDIRECTS)]
-        if moved:
-            await client.nodes_manager.initialize()
-            for i, reply in zip(moved, await self._run_pipeline([batch[i] for i in moved], verb, code), strict=True):
-                replies[i] = reply
-        return replies
-
-    async def _node_wire(self, name: str, host: str, port: int) -> Wire:
-        wire = self._node_wires.get(name)
-        if wire is None or wire.lost:
-            async with self._init_lock:
-                wire = self._node_wires.get(name)
-                if wire is None or wire.lost:
-                    assert self._node_creds is not None
-                    wire = self._node_wires[name] = await open_wire(host, port, *self._node_creds, 0)
-        return wire
+        if self._nodes is not None:
+            return await self._nodes.run(batch, verb, code)
+        return await run_pipeline(self.client, batch, verb, code)
 
     async def _connected(self) -> Wire:
         wire = self._wire
@@ -497,7 +398,7 @@ class RedisLink:
         if self._pending:
             log.warning("shutting down with %d settle(s) Redis never received: their spend and token "
                         "counts are lost", len(self._pending))
-        for wire in [self._wire, *self._node_wires.values()]:
+        for wire in [self._wire, *(self._nodes.wires() if self._nodes is not None else ())]:
             if wire is not None:
                 wire.close()
         if self.client is not None:
