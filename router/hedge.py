@@ -14,7 +14,8 @@ import asyncio
 import time
 
 
-from providers.base import UpstreamError, Unsupported
+from providers.base import Unsupported
+from providers.failures import UpstreamError
 from router.candidates import Candidate
 from router.onward import Onward, open_events
 from router.split import payloads

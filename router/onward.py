@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from providers.base import MAX_ERROR_BODY, stalled, transport_error
+from providers.failures import MAX_ERROR_BODY, stalled, transport_error
 from router.attempts import Attempts
 from router.candidates import Candidate
 from router.config import Hedge, Resume

@@ -18,8 +18,9 @@ import orjson
 from aiohttp import web
 from tenacity import RetryCallState
 
-from providers.base import (MAX_ERROR_BODY, Action, Fill, UpstreamError, Unsupported, bad_upstream_body,
-                            past_deadline, stalled, transport_error)
+from providers.base import Fill, Unsupported
+from providers.failures import (MAX_ERROR_BODY, Action, UpstreamError, bad_upstream_body, past_deadline, stalled,
+                                transport_error)
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange

@@ -21,7 +21,8 @@ import time
 from typing import Any
 
 
-from providers.base import UpstreamError, Unsupported, body_bytes
+from providers.base import Unsupported, body_bytes
+from providers.failures import UpstreamError
 from providers.fields import CHAT_PREFIX, TEXT_PROMPT
 from router.onward import Onward, first_event_limit, open_events
 from router.schema import Endpoint

@@ -16,7 +16,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from providers.base import Action, UpstreamError
+from providers.failures import Action, UpstreamError
 from router.config import Retry
 
 

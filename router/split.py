@@ -25,7 +25,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from providers.base import Adapter, Fill, UpstreamError, body_bytes
+from providers.base import Adapter, Fill, body_bytes
+from providers.failures import UpstreamError
 from router.attempts import Attempts
 from router.candidates import Candidate
 from router.errors import RouterError

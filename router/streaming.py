@@ -19,7 +19,8 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from providers.base import Adapter, Fill, bad_upstream_body, transport_error
+from providers.base import Adapter, Fill
+from providers.failures import bad_upstream_body, transport_error
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange

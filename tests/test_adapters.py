@@ -7,7 +7,7 @@ import orjson
 import pytest
 
 from providers import REGISTRY, ProviderSettings
-from providers.base import Action
+from providers.failures import Action
 from tests.fixtures_proxy import providers_for
 
 

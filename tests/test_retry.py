@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from providers.base import Action, UpstreamError, classify, parse_retry_after, transport_error
+from providers.failures import Action, UpstreamError, classify, parse_retry_after, transport_error
 from providers.standins import Fail, Hang, Reply
 from router.retry import retrying
 from router.config import Retry
