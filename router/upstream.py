@@ -162,6 +162,8 @@ class Upstream:
         if timer is not None:
             timer.cancel()
             timer = loop.call_at(deadline, _expire, proto, payload)   # type: ignore[arg-type]
+        if type(payload) is StreamReader:
+            payload.__class__ = Body
         resp = UpstreamResponse(self, origin, proto, message.code, message.reason, message.headers, payload, timer)
         self._open.add(resp)
         payload.on_eof(resp._eof)
@@ -271,6 +273,30 @@ class Upstream:
                 fut = origin.waiters.popleft()
                 if not fut.done():
                     fut.set_exception(aiohttp.ClientConnectionError("the upstream client is closed"))
+
+
+class Body(StreamReader):
+    """aiohttp's StreamReader, whose readany() takes every buffered chunk in one join. A vendor
+    sends a stream as one HTTP chunk per event, and aiohttp's own read pops them one at a
+    time, each with a flow-control call: a tenth of a stream's CPU in the relay's profile."""
+
+    __slots__ = ()
+
+    def _read_nowait(self, n: int) -> bytes:
+        buffer = self._buffer
+        if n != -1 or self._buffer_offset or len(buffer) < 2:
+            return super()._read_nowait(n)
+        self._timer.assert_timeout()
+        data = b"".join(buffer)
+        buffer.clear()
+        self._size -= len(data)
+        self._cursor += len(data)
+        splits = self._http_chunk_splits
+        while splits and splits[0] < self._cursor:
+            splits.popleft()
+        if self._size < self._low_water and (splits is None or len(splits) < self._low_water_chunks):
+            self._protocol.resume_reading()
+        return data
 
 
 def _expire(proto: ResponseHandler, payload: StreamReader | None) -> None:

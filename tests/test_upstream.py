@@ -28,7 +28,8 @@ class Vendor:
 @pytest.fixture
 async def vendor() -> AsyncIterator[Vendor]:
     """/echo answers what it got; /slow answers after 0.1 s; /big sends 1 MiB; /trickle sends
-    headers then one byte every 0.3 s; /close answers with Connection: close."""
+    headers then one byte every 0.3 s; /chunks sends n HTTP chunks of `size` bytes; /close
+    answers with Connection: close."""
     v = Vendor("")
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -49,6 +50,13 @@ async def vendor() -> AsyncIterator[Vendor]:
                 for _ in range(20):
                     await resp.write(b".")
                     await asyncio.sleep(0.3)
+                return resp
+            if request.path == "/chunks":   # one HTTP chunk per write, as a vendor sends events
+                n, size = int(request.query["n"]), int(request.query["size"])
+                resp = web.StreamResponse()
+                await resp.prepare(request)
+                for i in range(n):
+                    await resp.write(bytes([65 + i % 26]) * size)
                 return resp
             if request.path == "/close":
                 return web.Response(body=b"bye", headers={"Connection": "close"})
@@ -226,3 +234,22 @@ async def test_the_proxys_upstream_client_takes_its_limit_from_the_settings(star
                                "models": {"m": {"targets": [{"provider": "up", "model": "m"}]}}},
                               settings=ServeSettings(upstream_connections=7))
     assert proxy.app[PROXY].upstream.limit_per_host == 7
+
+
+@pytest.mark.parametrize("n, size, reader_pause_s", [
+    (50, 100, 0.0),          # small events, read as they come
+    (3000, 100, 0.05),       # a reader that falls behind: the buffer passes its high water mark
+    (40, 20_000, 0.05),      # large chunks, reading paused and resumed
+])
+async def test_a_body_of_many_chunks_reads_whole_and_in_order_however_they_are_joined(vendor, client, n, size,
+                                                                                      reader_pause_s):
+    resp = await client.post(f"{vendor.url}/chunks?n={n}&size={size}", b"", {}, 10)
+    got, reads = [], 0
+    async for data in resp.content.iter_any():
+        got.append(data)
+        reads += 1
+        if reads == 1:
+            await asyncio.sleep(reader_pause_s)
+    assert b"".join(got) == b"".join(bytes([65 + i % 26]) * size for i in range(n))
+    if reader_pause_s:
+        assert max(map(len, got)) > size   # chunks that waited were joined into one read
