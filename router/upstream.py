@@ -278,13 +278,13 @@ class Upstream:
 class Body(StreamReader):
     """aiohttp's StreamReader, whose readany() takes every buffered chunk in one join. A vendor
     sends a stream as one HTTP chunk per event, and aiohttp's own read pops them one at a
-    time, each with a flow-control call: a tenth of a stream's CPU in the relay's profile."""
+    time, each with a flow-control call: a tenth of a stream's CPU in the proxy's profile."""
 
     __slots__ = ()
 
     def _read_nowait(self, n: int) -> bytes:
         buffer = self._buffer
-        if n != -1 or self._buffer_offset or len(buffer) < 2:
+        if n != -1 or self._buffer_offset or not buffer:
             return super()._read_nowait(n)
         self._timer.assert_timeout()
         data = b"".join(buffer)
