@@ -27,7 +27,8 @@ Cases:
              resident memory of each contender
   startup    seconds from launch to a first complete answer
   soak       --soak-seconds of steady load: resident memory and open descriptors after
-             warm-up and at the end
+             warm-up and at the end (the upstream keep-alive pool counted apart: its size is
+             whatever the load's end left it)
 
 Before each timed run one request is checked by hand (status 200; for a stream every chunk
 and `data: [DONE]`), so a contender that answers fast but wrong shows up. Then a one-second
@@ -330,6 +331,18 @@ def open_fds(pid: int) -> int:
     return sum(len(os.listdir(f"/proc/{p}/fd")) for p in [pid, *descendants(pid)] if os.path.exists(f"/proc/{p}/fd"))
 
 
+def pool_conns(pid: int, port: int) -> int:
+    """pid's open connections to 127.0.0.1:port (its keep-alive pool to an upstream), from /proc."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if (f := row.split())[2].endswith(f":{port:04X}") and f[9] in inodes)
+
+
 def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
@@ -571,14 +584,18 @@ def main() -> int:
                         return
                     wrk(port, path, 20, 64, lua("fast", False))  # warm-up
                     time.sleep(1)  # wrk's connections closed on both sides, as at the end
-                    rss0, fds0 = rss_kb(p.pid), open_fds(p.pid)
+                    # the keep-alive pool to the upstream is as large as the load left it: not a leak
+                    rss0, pool0 = rss_kb(p.pid), pool_conns(p.pid, ups["fast"])
+                    fds0 = open_fds(p.pid) - pool0
                     r = wrk(port, path, args.soak_seconds, 64, lua("fast", False))
                     time.sleep(1)
-                    rss1, fds1 = rss_kb(p.pid), open_fds(p.pid)
+                    rss1, pool1 = rss_kb(p.pid), pool_conns(p.pid, ups["fast"])
+                    fds1 = open_fds(p.pid) - pool1
                     extra.setdefault(name, {}).update(soak_rss_pct=100 * (rss1 - rss0) / rss0, soak_fds=fds1 - fds0)
                     print(f"  soak      {name:14} {r['requests']:.0f} requests in {args.soak_seconds} s, errors "
                           f"{r['non2xx'] + r['sockerr']:.0f}; RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MB "
-                          f"({100 * (rss1 - rss0) / rss0:+.1f}%), fds {fds0} -> {fds1}", flush=True)
+                          f"({100 * (rss1 - rss0) / rss0:+.1f}%), fds besides the upstream pool {fds0} -> {fds1} "
+                          f"(pool {pool0} -> {pool1})", flush=True)
                 run_contenders("fast", soak)
             else:
                 print(f"unknown case {case!r}", file=sys.stderr)
