@@ -1,6 +1,6 @@
 """redis-py, where the proxy's own connection (redis_wire.py) does not reach: TLS, unix
-sockets, and a Cluster's slot map and redirections. Nothing here is imported for a plain
-redis:// URL's calls, and redis-py itself only inside make_client.
+sockets, and a Cluster's slot map and redirections. redis-py itself is imported only inside
+make_client, so plain redis:// never loads it.
 """
 
 from __future__ import annotations

@@ -61,7 +61,8 @@ class RedisLink:
         self.client: Any = make_client(url, settings) if self._wire_at is None else None
         self._queue: list[Command] = []     # calls someone waits for: sent this loop iteration
         self._loose: list[Command] = []     # calls nobody waits for: sent with the next batch
-        self._soon, self._later = False, None   # a flush scheduled now / after LOOSE_DELAY_S
+        self._soon = False   # a flush scheduled now
+        self._later: asyncio.TimerHandle | None = None   # a flush scheduled after LOOSE_DELAY_S
         self._sending: set[asyncio.Future[Any]] = set()  # batches under way, awaited at close
         self._posted = 0                    # batches written on the wire, replies not yet read
         self._pending: deque[Command] = deque(maxlen=settings.pending_settles)

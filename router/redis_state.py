@@ -345,8 +345,12 @@ class RedisState:
             return None
         if ok and not probe:
             fut = self._link.call("record", "settle", [self._plans.health_key(target_id)], self._ok_argv(latency_s, stream))
-            fut.add_done_callback(lambda f: f.cancelled() or f.exception() is None or
-                                  self._local.record_soon(target_id, ok, latency_s, stream, probe))
+
+            def locally(f: asyncio.Future[Any]) -> None:   # Redis failed it: health on local state
+                if not f.cancelled() and f.exception() is not None:
+                    self._local.record_soon(target_id, ok, latency_s, stream, probe)
+
+            fut.add_done_callback(locally)
             return fut
         fut = self._link.call("record", "record", [self._plans.health_key(target_id)],
                               self._record_argv(ok, latency_s, stream, probe))

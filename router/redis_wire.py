@@ -74,8 +74,8 @@ class _Pending:
             except Exception:   # the caller's bug must not take the connection down with it
                 log.exception("delivering redis replies failed")
         elif not self.fut.done():  # type: ignore[union-attr]
-            if err is not None:
-                self.fut.set_exception(err)  # type: ignore[union-attr]
+            if err is not None or replies is None:
+                self.fut.set_exception(err or ConnectionError("no replies"))  # type: ignore[union-attr]
             else:
                 self.fut.set_result(replies)  # type: ignore[union-attr]
 
