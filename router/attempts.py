@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-
 from router.exchange import Exchange
 from router.metrics import Metrics
 from router.normalize import Normalized

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-
 from providers.base import Unsupported
 from providers.failures import UpstreamError
 from router.candidates import Candidate

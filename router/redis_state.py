@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from router.health import BUCKETS, HEALTHY, TargetHealth, summary_view
 from router.limits import (
-    CONCURRENT, DAILY_USD, RPM, TPM, Admission, BudgetPeriods, LimitExceeded, LimitSpec, Usage, headers_for, plan_checks, state_unavailable, target_checks, to_micro,
+    CONCURRENT, DAILY_USD, RPM, TPM, Admission, BudgetPeriods, LimitExceeded, LimitSpec, Usage, headers_for,
+    plan_checks, state_unavailable, target_checks, to_micro,
 )
 from router.memory_state import MemoryState
 from router.redis_link import RedisLink, Unavailable
