@@ -5,15 +5,29 @@ CircuitRecord) makes in Python; the shared test suite runs both, so a change to 
 to the other. redis_state.py composes them (SCRIPTS) and redis_link.py sends them.
 """
 
+from router.health import BUCKETS
+
+
+def _lua_list(names: list[str], zero: bool = False) -> str:
+    return "{" + ("[0] = " if zero else "") + ", ".join(f"'{n}'" for n in names) + "}"
+
+
 # ---- health: CircuitRecord's rules (health.py) ------------------------------------------
+
+# The error buckets' field names spelled out: in Redis's Lua a number made a string is a
+# printf, and spelling them per call cost a request's scripts two dozen of them.
+LUA_FIELDS = f"""
+local BI = {_lua_list([f"i{k}" for k in range(BUCKETS)], True)}
+local BN = {_lua_list([f"n{k}" for k in range(BUCKETS)], True)}
+local BE = {_lua_list([f"e{k}" for k in range(BUCKETS)], True)}
+local SUMMARY_FIELDS = {_lua_list(["st", "oa", "cf", "ew", "pb", "pw", "tt"] + [f"{x}{k}" for k in range(BUCKETS) for x in "ine"])}
+"""
 
 # A target's health summary (the error window summed in Lua, so a reply is 9 values, not
 # the whole hash; tt last so the indices of the others stay put) and the half-open probe claim: CircuitRecord.claim_probe.
 LUA_PRELUDE = """
 local function summary(h, cur, nb)
-  local f = {'st', 'oa', 'cf', 'ew', 'pb', 'pw', 'tt'}
-  for j = 0, nb - 1 do f[#f + 1] = 'i' .. j; f[#f + 1] = 'n' .. j; f[#f + 1] = 'e' .. j end
-  local v = redis.call('HMGET', h, unpack(f))
+  local v = redis.call('HMGET', h, unpack(SUMMARY_FIELDS))
   local n, e = 0, 0
   for j = 0, nb - 1 do
     local i = tonumber(v[8 + 3 * j])
@@ -104,17 +118,17 @@ if ok and lat then
   redis.call('HSET', h, lf, string.format('%.6f', avg))
 end
 local k = cur % nb
-local bi, bn, be = unpack(redis.call('HMGET', h, 'i' .. k, 'n' .. k, 'e' .. k))
+local bi, bn, be = unpack(redis.call('HMGET', h, BI[k], BN[k], BE[k]))
 if tonumber(bi) ~= cur then bn, be = 0, 0 end
 if ok then cf = 0 else cf = cf + 1 end
-redis.call('HSET', h, 'i' .. k, cur, 'n' .. k, tonumber(bn) + 1, 'e' .. k, tonumber(be) + (ok and 0 or 1), 'cf', cf)
+redis.call('HSET', h, BI[k], cur, BN[k], tonumber(bn) + 1, BE[k], tonumber(be) + (ok and 0 or 1), 'cf', cf)
 local after = before
 if before == 'half_open' and not is_probe then
   after = before
 elseif before == 'half_open' and ok then
   after = 'closed'
   redis.call('HSET', h, 'st', 'closed', 'cf', 0, 'pb', 0)
-  for j = 0, nb - 1 do redis.call('HDEL', h, 'i' .. j, 'n' .. j, 'e' .. j) end
+  for j = 0, nb - 1 do redis.call('HDEL', h, BI[j], BN[j], BE[j]) end
 elseif not ok and before ~= 'open' then
   local s = summary(h, cur, nb)
   if before == 'half_open' or cf >= fth or (s[7] >= mins and s[8] / s[7] >= rth) then
@@ -236,12 +250,12 @@ for c = 1, n do
         redis.call('HSET', h, rid, amount, '_', v[1], '#', v[2])
       end
     else
-      redis.call('PEXPIRE', z, win_ms)
+      redis.call('PEXPIRE', z, ARGV[3])
     end
     reset = reset_ms(z)
   elseif kind == 'concurrent' then
     redis.call('ZADD', z, lease, rid)
-    redis.call('PEXPIRE', z, lease_ms)
+    redis.call('PEXPIRE', z, ARGV[4])
   end
   usages[c] = {left, reset}
 end
@@ -258,11 +272,11 @@ return {1, usages, health, claimed, nows}
 # #buckets, health TTL ms), then kind/rid/a/b per op: tpm -> tokens a ("refund" drops the
 # entry), rpm/concurrent -> drop the entry, spend (keys: day, month, a marker per
 # reservation) -> INCRBY a on both, once per reservation however often replayed; b is the
-# day's TTL (ms), the month's is 21 times it; lease (a concurrency slot still in use) -> its
+# day's TTL (ms), set when a spend makes the key, the month's is 21 times it; lease (a concurrency slot still in use) -> its
 # deadline moved to now ('' b: Redis's TIME) + a ms, if it is still held; ok (key: a health
 # hash) -> a successful attempt that was not a probe, latency rid ('' none) into EWMA field
 # a, at time b: LUA_RECORD's rules for that case, which never move the circuit, so many
-# requests' ok records ride in one call with their settles.
+# requests' ok records ride in one call with their settles (the TTL is set once per bucket).
 SETTLE_HEADER = 5   # ARGV before the first op
 LUA_SETTLE = """
 local alpha, width, nb, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
@@ -291,26 +305,26 @@ for c = 1, tonumber(ARGV[1]) do
     local month, marker = KEYS[ki], KEYS[ki + 1]
     ki = ki + 2
     if redis.call('SET', marker, '1', 'NX', 'PX', b) then
-      redis.call('INCRBY', z, a)
-      redis.call('PEXPIRE', z, b)
-      redis.call('INCRBY', month, a)
-      redis.call('PEXPIRE', month, b * 21)
+      local n = tonumber(a)   -- a key's TTL is set when its first spend makes it: b outlives a day
+      if redis.call('INCRBY', z, a) == n then redis.call('PEXPIRE', z, b) end
+      if redis.call('INCRBY', month, a) == n then redis.call('PEXPIRE', month, b * 21) end
     end
   elseif kind == 'ok' then
     local now, lat = tonumber(clock(b)), tonumber(rid)
     local cur = math.floor(now / width)
     local k = cur % nb
-    local bi, bn, be, avg = unpack(redis.call('HMGET', z, 'i' .. k, 'n' .. k, 'e' .. k, a))
-    if tonumber(bi) ~= cur then bn, be = 0, 0 end
+    local bi, bn, be, avg = unpack(redis.call('HMGET', z, BI[k], BN[k], BE[k], a))
+    local rolled = tonumber(bi) ~= cur   -- a new bucket: the TTL is set again once per bucket
+    if rolled then bn, be = 0, '0' end
     if lat then
       avg = tonumber(avg)
       if avg then avg = alpha * lat + (1 - alpha) * avg else avg = lat end
-      redis.call('HSET', z, 'i' .. k, cur, 'n' .. k, tonumber(bn) + 1, 'e' .. k, tonumber(be), 'cf', 0,
+      redis.call('HSET', z, BI[k], cur, BN[k], tonumber(bn) + 1, BE[k], be, 'cf', '0',
                  a, string.format('%.6f', avg))
     else
-      redis.call('HSET', z, 'i' .. k, cur, 'n' .. k, tonumber(bn) + 1, 'e' .. k, tonumber(be), 'cf', 0)
+      redis.call('HSET', z, BI[k], cur, BN[k], tonumber(bn) + 1, BE[k], be, 'cf', '0')
     end
-    redis.call('PEXPIRE', z, ttl)
+    if rolled then redis.call('PEXPIRE', z, ttl) end
   elseif kind == 'lease' then
     redis.call('ZADD', z, 'XX', string.format('%.6f', tonumber(clock(b)) + tonumber(a) / 1000), rid)
     redis.call('PEXPIRE', z, a)

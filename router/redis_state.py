@@ -37,7 +37,7 @@ from router.memory_state import MemoryState
 from router.redis_link import RedisLink, Unavailable
 from router.redis_plans import Plan, Planner
 from router.redis_resp import SettleOps, bulk
-from router.redis_scripts import LUA_ADMIT, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE, LUA_TPM
+from router.redis_scripts import LUA_ADMIT, LUA_FIELDS, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE, LUA_TPM
 from router.state import Grant, Rids, StateSettings, TargetGrant, count_rejection, log_transition, set_circuit
 
 if TYPE_CHECKING:
@@ -50,10 +50,10 @@ _EMPTY, _OK, _TT, _EW, _SPEND, _SPEND_TTL = map(bulk, ("", "ok", "tt", "ew", "sp
 Ops = dict[str, tuple[list[str], list[str]]]  # hash tag ("" standalone) -> (keys, args) of a settle script
 
 SCRIPTS = {
-    "admit": LUA_PRELUDE + LUA_NOW + LUA_TPM + LUA_ADMIT,
-    "health": LUA_PRELUDE + LUA_NOW + LUA_HEALTH,
-    "settle": LUA_NOW + LUA_TPM + LUA_SETTLE,
-    "record": LUA_PRELUDE + LUA_NOW + LUA_RECORD,
+    "admit": LUA_FIELDS + LUA_PRELUDE + LUA_NOW + LUA_TPM + LUA_ADMIT,
+    "health": LUA_FIELDS + LUA_PRELUDE + LUA_NOW + LUA_HEALTH,
+    "settle": LUA_FIELDS + LUA_NOW + LUA_TPM + LUA_SETTLE,
+    "record": LUA_FIELDS + LUA_PRELUDE + LUA_NOW + LUA_RECORD,
 }
 
 
