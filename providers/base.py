@@ -275,6 +275,10 @@ class Adapter:
                 return body["message"], _str(body.get("code")), None
         return None, None, None
 
+    def request_headers(self, request_id: str) -> dict[str, str]:
+        """One call's headers: the adapter's own (auth, content type) and the request's id."""
+        return {**self.headers, "X-Request-Id": request_id}
+
     def map_error(self, status: int, headers: Mapping[str, str], raw: bytes) -> UpstreamError:
         body: Any = None
         if raw[:1] in (b"{", b"["):

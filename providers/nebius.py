@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
-from providers.base import Adapter, _str
+from providers.base import Adapter, _str, log
 from providers.fields import CHAT, COMPLETIONS, TEXT, TEXTS, TOKENS, chat_like
 from router.schema import Endpoint
 
 OPENAI_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
+NEBIUS_TIERS = frozenset({"auto", "default", "flex", "over-limit", "no-limit"})   # ServiceTier in its spec
 _COMPLETION_FIELDS = frozenset({
     "model", "prompt", "stream", "stream_options", "max_tokens", "temperature", "top_p", "n", "logprobs", "echo",
     "stop", "presence_penalty", "frequency_penalty", "logit_bias", "user", "extra_body", "service_tier",
@@ -28,6 +29,19 @@ class NebiusAdapter(Adapter):
     translates = {COMPLETIONS: {"prompt": "a list of token-id lists: one call per list"}}
     prompt_shapes = frozenset({TEXT, TEXTS, TOKENS})   # one list of token ids, not a batch of them
     options_allowed = frozenset({"ai_project_id"})
+
+    def build_body(self, endpoint: str, body: dict[str, Any], vendor_model: str,
+                   want_usage: bool, dropped: list[str] | None = None) -> dict[str, Any]:
+        """A tier Nebius does not have (OpenAI's `priority`, `scale`) is a hint it cannot take:
+        dropped and counted, as other hints are, rather than sent for a 422."""
+        out = super().build_body(endpoint, body, vendor_model, want_usage, dropped)
+        tier = out.get("service_tier")
+        if tier is not None and tier not in NEBIUS_TIERS:
+            del out["service_tier"]
+            log.info("dropped service_tier %r for provider %s: not one of its tiers", tier, self.name)
+            if dropped is not None:
+                dropped.append("service_tier")
+        return out
 
     def query_string(self) -> str:
         project = self.options.get("ai_project_id")

@@ -69,7 +69,7 @@ async def open_events(upstream: Upstream, ex: Exchange, target: Target, endpoint
     adapter = target.adapter
     loop = asyncio.get_running_loop()
     hard = loop.time() + limit
-    headers = {**adapter.headers, "X-Request-Id": ex.request_id}
+    headers = adapter.request_headers(ex.request_id)
     resp: UpstreamResponse | None = None
     try:
         try:

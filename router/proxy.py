@@ -202,7 +202,7 @@ class Proxy:
         # do not move it, and it never passes the request's deadline.
         limit = min(target.timeout_s, remaining, target.idle_timeout_s if norm.stream else remaining)
         hard = loop.time() + limit
-        headers = {**adapter.headers, "X-Request-Id": ex.request_id}
+        headers = adapter.request_headers(ex.request_id)
         started = time.monotonic()
         outcome: str | None = None   # stays None unless the attempt completes: no health verdict
         ended: float | None = None
@@ -270,7 +270,7 @@ class Proxy:
         adapter = target.adapter
         remaining = deadline - time.monotonic()
         connect = min(target.connect_timeout_s, remaining)
-        headers = {**adapter.headers, "X-Request-Id": ex.request_id}
+        headers = adapter.request_headers(ex.request_id)
         started = time.monotonic()
         try:
             if norm.stream:   # each wait for the next bytes is bounded; the stream as a whole is not

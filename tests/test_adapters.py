@@ -35,6 +35,9 @@ async def sent(proxy, vendors, kind, **body):
     ("poolside", {"prompt": "x", "seed": None, "extra_body": {"top_k": None}}, {"seed": "absent", "top_k": "absent"}),
     ("cogito", {"prompt": "x", "stop": "END", "extra_body": {"ignore_eos": True}}, {"stop": "END", "ignore_eos": True}),
     ("nebius", {"prompt": ["a", "b"], "n": 2, "user": "u-1"}, {"prompt": ["a", "b"], "n": 2, "user": "u-1"}),
+    ("nebius", {"prompt": "x", "extra_body": {"service_tier": "flex"}}, {"service_tier": "flex"}),
+    ("nebius", {"prompt": "x", "extra_body": {"service_tier": "no-limit"}}, {"service_tier": "no-limit"}),
+    ("nebius", {"prompt": "x", "extra_body": {"service_tier": "priority"}}, {"service_tier": "absent"}),   # not a Nebius tier
     ("interactive", {"prompt": "x", "extra_body": {"models": ["via-nebius"]}, "suffix": "!"},
      {"models": None, "suffix": "!"}),
 ])
