@@ -73,3 +73,32 @@ def merge_settles(batch: list[Command], cluster: bool) -> list[Command]:
             ops = SettleOps(one.head)
         ops.merge(one)
     return [Command("settle", "settle", None, None, None, None, True, ops=ops), *kept]
+
+
+class SharedReads:
+    """Read-only calls in flight, shared by every caller that asks for the same one before its
+    reply: the same as running them back to back, for one script call instead of many. Each
+    caller gets a future of its own, so one that is cancelled leaves the others theirs."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, asyncio.Future[Any]] = {}
+
+    def get(self, ident: str, start: Callable[[], asyncio.Future[Any]]) -> asyncio.Future[Any]:
+        shared = self._live.get(ident)
+        if shared is None:
+            shared = self._live[ident] = start()
+            shared.add_done_callback(lambda f: self._live.pop(ident, None) if self._live.get(ident) is f else None)
+        mine: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        shared.add_done_callback(lambda f: _copy(f, mine))
+        return mine
+
+
+def _copy(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
+    if dst.done():
+        return
+    if src.cancelled():
+        dst.cancel()
+    elif (exc := src.exception()) is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result())

@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from router.health import BUCKETS, HEALTHY, TargetHealth, summary_view
@@ -34,6 +35,7 @@ from router.limits import (
     plan_checks, state_unavailable, target_checks, to_micro,
 )
 from router.memory_state import MemoryState
+from router.redis_commands import SharedReads
 from router.redis_link import RedisLink, Unavailable
 from router.redis_plans import Plan, Planner
 from router.redis_resp import SettleOps, bulk
@@ -74,6 +76,7 @@ class RedisState:
         self._local = MemoryState(settings, metrics)  # health and probes while Redis is down
         self._rid, self._periods = Rids(), BudgetPeriods()
         self._plans = Planner(settings, self.cluster, self._link.packer)
+        self._health_reads = SharedReads()   # Cluster: a target's health read, shared by concurrent admits
         s = settings
         self._width = self._plans.width
         self._record_args = [repr(s.ewma_alpha), str(s.failure_threshold), repr(s.error_rate_threshold),
@@ -96,7 +99,8 @@ class RedisState:
                 args[at + 2] = tok
             futs.append(self._link.call("admit", "admit", call.keys, args, self._orphan(plan, call.idx, rid),
                                         packer=call.packer))
-        futs += [self._link.call("health", "health", [k], [now, self._width, str(BUCKETS)]) for k in plan.health]
+        futs += [self._health_reads.get(f"{k} {now}", partial(self._link.call, "health", "health", [k], [now, self._width, str(BUCKETS)]))
+                 for k in plan.health]
         replies: list[Any] = [await futs[0]] if len(futs) == 1 else await asyncio.gather(*futs, return_exceptions=True)
         failed = next((r for r in replies if isinstance(r, BaseException)), None)
         admits = replies[:len(plan.calls)]

@@ -237,3 +237,29 @@ async def test_every_key_written_expires_and_outlives_the_entries_in_its_window(
         assert all(window_ms - 1_000 < t <= 2 * window_ms for t in windowed.values()), windowed
     finally:
         await s.close()
+
+
+async def test_concurrent_cluster_admits_share_one_health_read_per_target(redis_cluster, redis_cluster_url) -> None:
+    """Eight admits in one loop iteration want one target's health: one read goes to its node,
+    every admit gets the summary, and one that is cancelled leaves the others theirs."""
+    s = create_state(redis_cluster_url, StateSettings(redis_timeout_s=2.0))
+    a = Admission("team-a", LimitSpec(rpm=100), None, "gpt-x", None, 10)
+    try:
+        await s.record("up/m", False, None)   # one failure on record, so the summary is not empty
+        await s.admit(a, ["up/m"])            # scripts loaded
+        for n in redis_cluster:
+            with n.client() as c:
+                c.config_resetstat()
+        calls = [asyncio.ensure_future(s.admit(a, ["up/m"])) for _ in range(8)]
+        await asyncio.sleep(0)
+        calls[0].cancel()
+        done = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(done[0], asyncio.CancelledError)
+        assert all(h["up/m"].consecutive_failures == 1 for _, h in done[1:]), done   # type: ignore[index]
+        reads = 0   # a health read is one HMGET; an rpm admit (and its refund) makes none
+        for n in redis_cluster:
+            with n.client() as c:
+                reads += c.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0)
+        assert reads == 1
+    finally:
+        await s.close()
