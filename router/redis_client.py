@@ -86,7 +86,7 @@ class ClusterNodes:
         not connected yet."""
         by_node: dict[str, tuple[Wire, list[int]]] = {}
         for i, c in enumerate(batch):
-            name = self.client.get_node_from_key(c.keys[0]).name
+            name = self.client.get_node_from_key(c.route).name
             group = by_node.get(name)
             if group is None:
                 wire = self._wires.get(name)

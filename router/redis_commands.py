@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from router.redis_resp import SettleOps
-from router.redis_scripts import SETTLE_HEADER
 
 Orphan = Callable[[Any], None]
 
@@ -43,6 +42,11 @@ class Command:
             self._decode()
         return self._args  # type: ignore[return-value]
 
+    @property
+    def route(self) -> str:
+        """The key that finds a Cluster call's node (every key of a call shares its slot)."""
+        return self.ops.route if self.ops is not None else self.keys[0]
+
     def _decode(self) -> None:
         assert self.ops is not None
         self._keys, self._args = self.ops.argv()
@@ -51,28 +55,19 @@ class Command:
 def merge_settles(batch: list[Command], cluster: bool) -> list[Command]:
     """Settles nobody waits for, of every request in the batch, as one script call (the settle
     script takes any number of ops), ahead of the rest. In Cluster a script's keys must share
-    a slot: one call per hash tag, and they stay lists (their first key routes them)."""
-    loose = [c for c in batch if c.name == "settle" and c.fut is None]
+    a slot: one call per hash tag."""
+    loose = [c.ops for c in batch if c.ops is not None and c.fut is None]
     if len(loose) < 2:
         return batch
-    kept = [c for c in batch if not (c.name == "settle" and c.fut is None)]
-    if cluster:
-        by_tag: dict[str, list[Command]] = {}
-        for c in loose:
-            first = c.keys[0]
-            by_tag.setdefault(first[first.find("{"):first.find("}") + 1], []).append(c)
-        merged = [group[0] if len(group) == 1 else Command(
-            "settle", "settle", [k for c in group for k in c.keys],
-            [str(sum(int(c.args[0]) for c in group)), *group[0].args[1:SETTLE_HEADER],
-             *(a for c in group for a in c.args[SETTLE_HEADER:])], None, None, True) for group in by_tag.values()]
-        return [*merged, *kept]
-    ops: SettleOps | None = None
-    for c in loose:
-        one = c.ops or SettleOps.from_argv(c.keys, c.args, SETTLE_HEADER)
+    kept = [c for c in batch if c.ops is None or c.fut is not None]
+    by_tag: dict[str, SettleOps] = {}
+    for one in loose:
+        tag = one.tag if cluster else ""
+        ops = by_tag.get(tag)
         if ops is None:
-            ops = SettleOps(one.head)
+            ops = by_tag[tag] = SettleOps(one.head, one.tag, one.route)
         ops.merge(one)
-    return [Command("settle", "settle", None, None, None, None, True, ops=ops), *kept]
+    return [*(Command("settle", "settle", None, None, None, None, True, ops=ops) for ops in by_tag.values()), *kept]
 
 
 class SharedReads:

@@ -96,6 +96,12 @@ class RedisLink:
         self._enqueue(Command(op, name, keys, args, fut, orphan, replay, packed))
         return fut
 
+    def call_ops(self, op: str, ops: SettleOps) -> asyncio.Future[Any]:
+        """The reply of a settle script call made of `ops`; fails with Unavailable."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(Command(op, "settle", None, None, fut, None, True, ops=ops))
+        return fut
+
     def send(self, op: str, name: str, keys: Sequence[str], args: Sequence[str], replay: bool = False) -> None:
         """A call nobody waits for; with `replay` it is kept while Redis is down."""
         if self.up is False:

@@ -11,11 +11,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from router.health import BUCKETS
-from router.limits import BUDGET_KINDS, CONCURRENT, DAILY_USD, TPM, WINDOW_S, Check
-from router.redis_resp import Packer, bulk, bulks
+from router.limits import BUDGET_KINDS, CONCURRENT, DAILY_USD, RPM, TPM, WINDOW_S, Check
+from router.redis_resp import Packer, bulk, bulks, hash_tag
 from router.state import StateSettings
 
 PLAN_CACHE = 4096  # distinct (key, model, targets) combinations kept; past it the cache starts over
+
+# What a settle gives back of a plan's reservation (Plan.settle_parts): its concurrency slots
+# (the answer's token count unknown); those and its tpm amounts; all of it, rpm entries too
+# (a refund); or, for a stream still running, its slots' leases renewed.
+SLOTS, TOKENS, REFUND, RENEW = range(4)
+_GIVES = {SLOTS: {CONCURRENT}, TOKENS: {CONCURRENT, TPM}, REFUND: {CONCURRENT, TPM, RPM}, RENEW: {CONCURRENT}}
+_LEASE = bulk("lease")
+SettlePart = tuple[str, str, bytes, int, list[bytes]]   # tag, first key, keys, how many, each op's kind
 
 
 def esc(name: str) -> str:
@@ -40,18 +48,20 @@ class Plan:
 
     def __init__(self, checks: tuple[Check, ...], keys: list[list[str]], calls: list[Call], health: list[str]) -> None:
         self.checks, self.keys, self.calls, self.health = checks, keys, calls, health
-        self._settle: dict[bool, tuple[bytes, int, list[bytes]]] = {}
+        self._settle: dict[tuple[int, int], SettlePart | None] = {}
 
-    def settle_parts(self, with_tokens: bool) -> tuple[bytes, int, list[bytes]]:
-        """The keys (encoded, and how many) and each op's kind of this plan's settle: tpm
-        amounts (when the actual count is known) and concurrency slots, as RedisState._add_ops
-        picks them."""
-        parts = self._settle.get(with_tokens)
-        if parts is None:
-            idx = [i for i, c in enumerate(self.checks) if c.kind == CONCURRENT or (c.kind == TPM and with_tokens)]
+    def settle_parts(self, gives: int, call: int) -> SettlePart | None:
+        """What a settle of kind `gives` (SLOTS, TOKENS, REFUND, RENEW) takes from the checks
+        of script call `call` (one hash tag): the tag and first key that route it, the keys
+        (encoded, and how many) and each op's kind; None when it gives back nothing there."""
+        ident = (gives, call)
+        if ident not in self._settle:
+            kinds = _GIVES[gives]
+            idx = [i for i in self.calls[call].idx if self.checks[i].kind in kinds]
             keys = [k for i in idx for k in self.keys[i]]
-            parts = self._settle[with_tokens] = (bulks(keys), len(keys), [bulk(self.checks[i].kind) for i in idx])
-        return parts
+            self._settle[ident] = (hash_tag(keys[0]), keys[0], bulks(keys), len(keys),
+                                   [_LEASE if gives == RENEW else bulk(self.checks[i].kind) for i in idx]) if idx else None
+        return self._settle[ident]
 
 
 class Planner:
@@ -61,8 +71,8 @@ class Planner:
         s = self._s = settings
         self.cluster, self._packer = cluster, packer
         self._plans: dict[tuple[Any, ...], Plan] = {}
-        self._spend: dict[tuple[str, str, str], tuple[bytes, str]] = {}   # (key, day, month) -> keys, marker prefix
-        self._health: dict[str, bytes] = {}
+        self._spend: dict[tuple[str, str, str], tuple[str, bytes, str]] = {}   # (key, day, month) -> spend_keys()
+        self._health: dict[str, tuple[str, bytes]] = {}
         self.width = repr(s.error_window_s / BUCKETS)
         self._fixed = [str(int(WINDOW_S * 1000)), str(int(s.concurrency_lease_s * 1000))]
         self._breaker = [repr(s.cooldown_s), str(s.half_open_probes), self.width, str(BUCKETS)]
@@ -116,18 +126,24 @@ class Planner:
             plan = self._plans[cache_key] = self._build(build(), *how)
         return plan
 
-    def health_key_wire(self, target_id: str) -> bytes:
-        key = self._health.get(target_id)
-        if key is None:
-            key = self._health[target_id] = bulk(self.health_key(target_id))
-        return key
+    def health_part(self, target_id: str) -> tuple[str, bytes]:
+        """A target's health key, and the same in wire format."""
+        part = self._health.get(target_id)
+        if part is None:
+            if len(self._health) >= PLAN_CACHE:
+                self._health.clear()
+            key = self.health_key(target_id)
+            part = self._health[target_id] = (key, bulk(key))
+        return part
 
-    def spend_keys(self, key: str, day: str, month: str) -> tuple[bytes, str]:
-        """A key's day and month spend keys (wire format) and the prefix of its paid markers."""
+    def spend_keys(self, key: str, day: str, month: str) -> tuple[str, bytes, str]:
+        """A key's day spend key, its day and month spend keys (wire format) and the prefix of
+        its paid markers."""
         spend = self._spend.get((key, day, month))
         if spend is None:
             if len(self._spend) >= PLAN_CACHE:
                 self._spend.clear()
             b = self.base("key", key)
-            spend = self._spend[(key, day, month)] = (bulks([f"{b}:spend:{day}", f"{b}:spend:{month}"]), f"{b}:paid:")
+            keys = [f"{b}:spend:{day}", f"{b}:spend:{month}"]
+            spend = self._spend[(key, day, month)] = (keys[0], bulks(keys), f"{b}:paid:")
         return spend

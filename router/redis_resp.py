@@ -22,6 +22,11 @@ def bulks(values: Sequence[str]) -> bytes:
     return b"".join(map(bulk, values))
 
 
+def hash_tag(key: str) -> str:
+    """The {hash tag} of a key, which picks its Cluster slot."""
+    return key[key.find("{"):key.find("}") + 1]
+
+
 def decode(encoded: bytes, count: int) -> list[str]:
     """`count` bulk strings back as str (for the paths that need the arguments as a list)."""
     if not count:
@@ -61,12 +66,13 @@ class SettleOps:
     """Ops of the settle script (redis_scripts.LUA_SETTLE) in wire format. A script call lists
     all its keys before its arguments, so the two are kept apart; the ops of every request in
     a batch merge into one call by joining them. `head` is the script's fixed arguments after
-    the op count."""
+    the op count; `tag` the {hash tag} of the keys and `route` the first key (in Cluster a
+    call's keys share a slot: ops merge by tag, and the first key finds the node)."""
 
-    __slots__ = ("head", "keys", "nkeys", "args", "nops")
+    __slots__ = ("head", "tag", "route", "keys", "nkeys", "args", "nops")
 
-    def __init__(self, head: Sequence[str]) -> None:
-        self.head = head
+    def __init__(self, head: Sequence[str], tag: str = "", route: str = "") -> None:
+        self.head, self.tag, self.route = head, tag, route
         self.keys: list[bytes] = []
         self.nkeys = 0
         self.args: list[bytes] = []
@@ -96,10 +102,3 @@ class SettleOps:
         keys = decode(b"".join(self.keys), self.nkeys)
         args = [str(self.nops), *self.head, *decode(b"".join(self.args), 4 * self.nops)]
         return keys, args
-
-    @classmethod
-    def from_argv(cls, keys: Sequence[str], args: Sequence[str], header: int) -> SettleOps:
-        """From a settle call's (keys, args); `header`: the arguments before the first op."""
-        ops = cls(args[1:header])
-        ops.add(bulks(keys), len(keys), bulks(args[header:]), int(args[0]))
-        return ops

@@ -277,7 +277,6 @@ return {1, usages, health, claimed, nows}
 # hash) -> a successful attempt that was not a probe, latency rid ('' none) into EWMA field
 # a, at time b: LUA_RECORD's rules for that case, which never move the circuit, so many
 # requests' ok records ride in one call with their settles (the TTL is set once per bucket).
-SETTLE_HEADER = 5   # ARGV before the first op
 LUA_SETTLE = """
 local alpha, width, nb, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local ki, ai = 1, 6

@@ -16,7 +16,8 @@ reserved is refunded at once. In that short window a concurrent request may see 
 counters charged and be refused too: Cluster can over-refuse by a hair, never over-admit.
 Every call goes through redis_link.py: batched per loop iteration, fail-open on faults.
 The keys and fixed arguments of a (key, model, targets) combination are built once and
-kept, not rebuilt per request (redis_plans.py).
+kept, not rebuilt per request (redis_plans.py); what a request gives back or is charged
+is built from them in one way for every path (redis_settles.py).
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from router.limits import (
 from router.memory_state import MemoryState
 from router.redis_commands import SharedReads
 from router.redis_link import RedisLink, Unavailable
-from router.redis_plans import Plan, Planner
+from router.redis_plans import REFUND, RENEW, SLOTS, TOKENS, Plan, Planner
 from router.redis_resp import SettleOps, bulk
 from router.redis_scripts import LUA_ADMIT, LUA_FIELDS, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE, LUA_TPM
+from router.redis_settles import Settles, ok_ops
 from router.state import Grant, Rids, StateSettings, TargetGrant, count_rejection, log_transition, set_circuit
 
 if TYPE_CHECKING:
@@ -48,8 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.state")
 HEALTH_TTL_MS = 86_400_000  # a target nobody calls for a day starts afresh
 SPEND_TTL_MS = 3 * 86_400_000  # a day's spend (and a reservation's paid marker); a month's is 21x
-_EMPTY, _OK, _TT, _EW, _SPEND, _SPEND_TTL = map(bulk, ("", "ok", "tt", "ew", "spend", str(SPEND_TTL_MS)))
-Ops = dict[str, tuple[list[str], list[str]]]  # hash tag ("" standalone) -> (keys, args) of a settle script
+_EMPTY, _REFUND, _SPEND_TTL = map(bulk, ("", "refund", str(SPEND_TTL_MS)))
 
 SCRIPTS = {
     "admit": LUA_FIELDS + LUA_PRELUDE + LUA_NOW + LUA_TPM + LUA_ADMIT,
@@ -93,12 +94,11 @@ class RedisState:
         the probe claim and Redis's time; raises LimitExceeded, _ProbeRefused or Unavailable."""
         now, tok = self._now(), str(max(0, tokens))
         futs = []
-        for call in plan.calls:
+        for j, call in enumerate(plan.calls):
             args = [now, rid, *call.args]
             for at in call.tpm_at:
                 args[at + 2] = tok
-            futs.append(self._link.call("admit", "admit", call.keys, args, self._orphan(plan, call.idx, rid),
-                                        packer=call.packer))
+            futs.append(self._link.call("admit", "admit", call.keys, args, self._orphan(plan, j, rid), packer=call.packer))
         futs += [self._health_reads.get(f"{k} {now}", partial(self._link.call, "health", "health", [k], [now, self._width, str(BUCKETS)]))
                  for k in plan.health]
         replies: list[Any] = [await futs[0]] if len(futs) == 1 else await asyncio.gather(*futs, return_exceptions=True)
@@ -130,19 +130,18 @@ class RedisState:
 
     def _refund_taken(self, plan: Plan, replies: Sequence[Any], rid: str) -> None:
         """Cluster: give back what the tags that admitted took when another refused or failed."""
-        ops: Ops = {}
-        for call, r in zip(plan.calls, replies, strict=True):
-            if not isinstance(r, BaseException) and int(r[0]):
-                self._add_ops(ops, plan, call.idx, rid, "refund")
-        self._send_ops(ops)
+        settles = Settles(self._settle_head, self.cluster)
+        settles.plan(plan, rid, REFUND, _REFUND, calls=[j for j, r in enumerate(replies)
+                                                        if not isinstance(r, BaseException) and int(r[0])])
+        self._send(settles)
 
-    def _orphan(self, plan: Plan, idx: list[int], rid: str) -> Any:
+    def _orphan(self, plan: Plan, call: int, rid: str) -> Any:
         """What to do with an admit whose caller left before its reply: undo it."""
         def undo(reply: Any) -> None:
             if int(reply[0]):
-                ops: Ops = {}
-                self._add_ops(ops, plan, idx, rid, "refund")
-                self._send_ops(ops)
+                settles = Settles(self._settle_head, self.cluster)
+                settles.plan(plan, rid, REFUND, _REFUND, calls=[call])
+                self._send(settles)
                 if int(reply[3]) == 2 and plan.calls and plan.calls[-1].keys:  # a probe slot it claimed
                     self._link.send("record", "record", [plan.calls[-1].keys[-1]],
                                     self._record_argv(None, None, False, True))
@@ -211,89 +210,45 @@ class RedisState:
             return None
         return await self._local.reserve_target(target_id, LimitSpec(), tokens)
 
-    def _add_ops(self, ops: Ops, plan: Plan, idx: Sequence[int], rid: str, actual: str | None) -> None:
-        """Settle ops per hash tag: tokens to `actual` ("refund": drop), slot release."""
-        for i in idx:
-            c = plan.checks[i]
-            if (c.kind == TPM and actual is not None) or c.kind == CONCURRENT or (actual == "refund" and c.kind == RPM):
-                keys, args = ops.setdefault(f"{c.scope}:{c.name}" if self.cluster else "", ([], []))
-                keys += plan.keys[i]
-                args += [c.kind, rid, actual or "", ""]
-
-    def _ops(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> Ops:
-        ops: Ops = {}
-        actual = None if actual_tokens is None else str(max(0, actual_tokens))
+    def _finished(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None,
+                  cost_usd: float) -> Settles:
+        """What a finished request gives back (its slots; its tpm amounts down to the count
+        used, when known) and is charged; each grant once."""
+        settles = Settles(self._settle_head, self.cluster)
+        gives, used = (SLOTS, _EMPTY) if actual_tokens is None else (TOKENS, bulk(str(max(0, actual_tokens))))
         for g in (target, grant):
             if g is not None and not g.settled and g.backend == "redis":
                 g.settled = True
                 if g.plan is not None:
-                    self._add_ops(ops, g.plan, range(len(g.plan.checks)), g.rid, actual)
+                    settles.plan(g.plan, g.rid, gives, used)
         if grant is not None and grant.backend == "redis" and grant.key is not None and (micro := to_micro(cost_usd)) > 0:
             day, month, _, _ = self._periods(self._clock())
-            b = self._plans.base("key", grant.key)
-            keys, args = ops.setdefault(f"key:{grant.key}" if self.cluster else "", ([], []))
-            keys += [f"{b}:spend:{day}", f"{b}:spend:{month}", f"{b}:paid:{grant.rid}"]
-            args += ["spend", grant.rid, str(micro), str(SPEND_TTL_MS)]
-        return ops
+            day_key, keys, marker = self._plans.spend_keys(grant.key, day, month)
+            settles.spend(day_key, keys, marker + grant.rid, grant.rid, micro, _SPEND_TTL)
+        return settles
 
-    def _batches(self, ops: Ops) -> list[tuple[list[str], list[str]]]:
-        """One settle script per hash tag in Cluster, one for everything standalone (ops are
-        grouped under one tag there already)."""
-        return [(keys, [str(len(args) // 4), *self._settle_head, *args]) for keys, args in ops.values() if keys]
-
-    def _send_ops(self, ops: Ops) -> None:
-        for keys, args in self._batches(ops):
-            self._link.send("settle", "settle", keys, args, replay=True)
+    def _send(self, settles: Settles, op: str = "settle") -> None:
+        """Nobody waits: each goes with the next batch, and is kept while Redis is down."""
+        for ops in settles:
+            self._link.send_ops(op, ops)
 
     async def release_target(self, target: TargetGrant, actual_tokens: int | None = 0) -> None:
         await self.settle(None, target, actual_tokens, 0.0)
 
     def renew_soon(self, grants: Sequence[Grant]) -> None:
-        ops: Ops = {}
-        lease_ms, now = str(int(self._s.concurrency_lease_s * 1000)), self._now()
+        settles = Settles(self._settle_head, self.cluster)
+        lease, now = bulk(str(int(self._s.concurrency_lease_s * 1000))), bulk(self._now())
         for g in grants:
-            if g.settled or g.backend != "redis" or g.plan is None:
-                continue
-            for i, c in enumerate(g.plan.checks):
-                if c.kind == CONCURRENT:
-                    keys, args = ops.setdefault(f"{c.scope}:{c.name}" if self.cluster else "", ([], []))
-                    keys += g.plan.keys[i]
-                    args += ["lease", g.rid, lease_ms, now]
-        self._send_ops(ops)
+            if not g.settled and g.backend == "redis" and g.plan is not None:
+                settles.plan(g.plan, g.rid, RENEW, lease, now)
+        self._send(settles)
 
     def settle_soon(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> None:
         if target is not None and target.backend == "memory":
             self._local.settle_soon(None, target, actual_tokens, 0.0)
         if grant is not None and grant.backend == "memory":
             self._local.settle_soon(grant, None, actual_tokens, cost_usd)
-        if self.cluster:
-            self._send_ops(self._ops(grant, target, actual_tokens, cost_usd))
-            return
-        ops = self._settle_ops(grant, target, actual_tokens, cost_usd)
-        if ops is not None:
-            self._link.send_ops("settle", ops)
-
-    def _settle_ops(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None,
-                    cost_usd: float) -> SettleOps | None:
-        """_ops for standalone Redis, straight to wire format from what each plan encoded once."""
-        ops: SettleOps | None = None
-        actual = _EMPTY if actual_tokens is None else bulk(str(max(0, actual_tokens)))
-        for g in (target, grant):
-            if g is not None and not g.settled and g.backend == "redis":
-                g.settled = True
-                if g.plan is not None:
-                    keys, nkeys, kinds = g.plan.settle_parts(actual_tokens is not None)
-                    if nkeys:
-                        rid = bulk(g.rid)
-                        ops = ops or SettleOps(self._settle_head)
-                        ops.add(keys, nkeys, b"".join([kind + rid + actual + _EMPTY for kind in kinds]), len(kinds))
-        if grant is not None and grant.backend == "redis" and grant.key is not None and (micro := to_micro(cost_usd)) > 0:
-            day, month, _, _ = self._periods(self._clock())
-            spend = self._plans.spend_keys(grant.key, day, month)
-            rid = bulk(grant.rid)
-            ops = ops or SettleOps(self._settle_head)
-            ops.add(spend[0] + bulk(spend[1] + grant.rid), 3, _SPEND + rid + bulk(str(micro)) + _SPEND_TTL, 1)
-        return ops
+        self._send(self._finished(grant, target, actual_tokens, cost_usd))
 
     async def settle(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> None:
         """Waits for Redis's reply (or for the settle to be queued while it is down)."""
@@ -301,15 +256,13 @@ class RedisState:
             self._local.settle_soon(None, target, actual_tokens, 0.0)
         if grant is not None and grant.backend == "memory":
             self._local.settle_soon(grant, None, actual_tokens, cost_usd)
-        batches = self._batches(self._ops(grant, target, actual_tokens, cost_usd))
-        if not batches:
+        settles = self._finished(grant, target, actual_tokens, cost_usd)
+        if not settles:
             return
         if not self._link.available():
-            for keys, args in batches:
-                self._link.send("settle", "settle", keys, args, replay=True)
+            self._send(settles)
             return
-        futs = [self._link.call("settle", "settle", k, a, replay=True) for k, a in batches]
-        await asyncio.gather(*futs, return_exceptions=True)
+        await asyncio.gather(*(self._link.call_ops("settle", ops) for ops in settles), return_exceptions=True)
 
     def _record_argv(self, ok: bool | None, latency_s: float | None, stream: bool, probe: bool) -> list[str]:
         verdict = "" if ok is None else "1" if ok else "0"
@@ -321,15 +274,7 @@ class RedisState:
         if ok and not probe and self._link.available():
             # The common case, which never moves a circuit: nobody waits for it, and it rides
             # in the batch's one settle call with every other request's.
-            if self.cluster:
-                self._link.send("record", "settle", [self._plans.health_key(target_id)], self._ok_argv(latency_s, stream))
-                return
-            key = self._plans.health_key_wire(target_id)
-            ops = SettleOps(self._settle_head)
-            now = self._now()
-            ops.add(key, 1, b"".join([_OK, _EMPTY if latency_s is None else bulk(repr(float(latency_s))),
-                                      _TT if stream else _EW, bulk(now) if now else _EMPTY]), 1)
-            self._link.send_ops("record", ops)
+            self._link.send_ops("record", self._ok(target_id, latency_s, stream))
             return
         self._record(target_id, ok, latency_s, stream, probe)
 
@@ -339,9 +284,8 @@ class RedisState:
         if fut is not None:
             await asyncio.gather(fut, return_exceptions=True)
 
-    def _ok_argv(self, latency_s: float | None, stream: bool) -> list[str]:
-        return ["1", *self._settle_head, "ok", "" if latency_s is None else repr(float(latency_s)),
-                "tt" if stream else "ew", self._now()]
+    def _ok(self, target_id: str, latency_s: float | None, stream: bool) -> SettleOps:
+        return ok_ops(self._settle_head, *self._plans.health_part(target_id), latency_s, stream, self._now())
 
     def _record(self, target_id: str, ok: bool | None, latency_s: float | None, stream: bool,
                 probe: bool) -> asyncio.Future[Any] | None:
@@ -349,7 +293,7 @@ class RedisState:
             self._local.record_soon(target_id, ok, latency_s, stream, probe)
             return None
         if ok and not probe:
-            fut = self._link.call("record", "settle", [self._plans.health_key(target_id)], self._ok_argv(latency_s, stream))
+            fut = self._link.call_ops("record", self._ok(target_id, latency_s, stream))
 
             def locally(f: asyncio.Future[Any]) -> None:   # Redis failed it: health on local state
                 if not f.cancelled() and f.exception() is not None:

@@ -7,7 +7,6 @@ import pytest
 from hiredis import pack_command
 
 from router.redis_resp import Packer, SettleOps, bulks
-from router.redis_scripts import SETTLE_HEADER
 
 SHA = "a" * 40
 HEAD = ["0.3", "10.0", "6", "86400000"]
@@ -47,10 +46,3 @@ def test_settle_ops_joined_are_one_call_with_every_op_in_order():
     args = [str(len(OPS)), *HEAD, *(a for _, op in OPS for a in op)]
     assert merged.pack("EVALSHA", SHA) == pack_command(("EVALSHA", SHA, len(keys), *keys, *args))
     assert merged.argv() == (keys, args)
-
-
-def test_a_settle_given_as_lists_round_trips():
-    keys, op = OPS[1]
-    args = [str(1), *HEAD, *op]
-    assert len(args) == SETTLE_HEADER + 4
-    assert SettleOps.from_argv(keys, args, SETTLE_HEADER).argv() == (keys, args)
