@@ -16,11 +16,12 @@ def _lua_list(names: list[str], zero: bool = False) -> str:
 
 # The error buckets' field names spelled out: in Redis's Lua a number made a string is a
 # printf, and spelling them per call cost a request's scripts two dozen of them.
+_BUCKET_FIELDS = [f"{x}{k}" for k in range(BUCKETS) for x in "ine"]
 LUA_FIELDS = f"""
 local BI = {_lua_list([f"i{k}" for k in range(BUCKETS)], True)}
 local BN = {_lua_list([f"n{k}" for k in range(BUCKETS)], True)}
 local BE = {_lua_list([f"e{k}" for k in range(BUCKETS)], True)}
-local SUMMARY_FIELDS = {_lua_list(["st", "oa", "cf", "ew", "pb", "pw", "tt"] + [f"{x}{k}" for k in range(BUCKETS) for x in "ine"])}
+local SUMMARY_FIELDS = {_lua_list(["st", "oa", "cf", "ew", "pb", "pw", "tt", *_BUCKET_FIELDS])}
 """
 
 # A target's health summary (the error window summed in Lua, so a reply is 9 values, not
@@ -272,11 +273,12 @@ return {1, usages, health, claimed, nows}
 # #buckets, health TTL ms), then kind/rid/a/b per op: tpm -> tokens a ("refund" drops the
 # entry), rpm/concurrent -> drop the entry, spend (keys: day, month, a marker per
 # reservation) -> INCRBY a on both, once per reservation however often replayed; b is the
-# day's TTL (ms), set when a spend makes the key, the month's is 21 times it; lease (a concurrency slot still in use) -> its
-# deadline moved to now ('' b: Redis's TIME) + a ms, if it is still held; ok (key: a health
-# hash) -> a successful attempt that was not a probe, latency rid ('' none) into EWMA field
-# a, at time b: LUA_RECORD's rules for that case, which never move the circuit, so many
-# requests' ok records ride in one call with their settles (the TTL is set once per bucket).
+# day's TTL (ms), set when a spend makes the key, the month's is 21 times it; lease (a
+# concurrency slot still in use) -> its deadline moved to now ('' b: Redis's TIME) + a ms,
+# if it is still held; ok (key: a health hash) -> a successful attempt that was not a
+# probe, latency rid ('' none) into EWMA field a, at time b: LUA_RECORD's rules for that
+# case, which never move the circuit, so many requests' ok records ride in one call with
+# their settles (the hash's TTL is set once per error bucket). Built by redis_settles.py.
 LUA_SETTLE = """
 local alpha, width, nb, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local ki, ai = 1, 6

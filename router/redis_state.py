@@ -99,7 +99,8 @@ class RedisState:
             for at in call.tpm_at:
                 args[at + 2] = tok
             futs.append(self._link.call("admit", "admit", call.keys, args, self._orphan(plan, j, rid), packer=call.packer))
-        futs += [self._health_reads.get(f"{k} {now}", partial(self._link.call, "health", "health", [k], [now, self._width, str(BUCKETS)]))
+        health = [now, self._width, str(BUCKETS)]
+        futs += [self._health_reads.get(f"{k} {now}", partial(self._link.call, "health", "health", [k], health))
                  for k in plan.health]
         replies: list[Any] = [await futs[0]] if len(futs) == 1 else await asyncio.gather(*futs, return_exceptions=True)
         failed = next((r for r in replies if isinstance(r, BaseException)), None)
@@ -130,16 +131,16 @@ class RedisState:
 
     def _refund_taken(self, plan: Plan, replies: Sequence[Any], rid: str) -> None:
         """Cluster: give back what the tags that admitted took when another refused or failed."""
-        settles = Settles(self._settle_head, self.cluster)
-        settles.plan(plan, rid, REFUND, _REFUND, calls=[j for j, r in enumerate(replies)
-                                                        if not isinstance(r, BaseException) and int(r[0])])
+        taken = [j for j, r in enumerate(replies) if not isinstance(r, BaseException) and int(r[0])]
+        settles = self._settles()
+        settles.plan(plan, rid, REFUND, _REFUND, calls=taken)
         self._send(settles)
 
     def _orphan(self, plan: Plan, call: int, rid: str) -> Any:
         """What to do with an admit whose caller left before its reply: undo it."""
         def undo(reply: Any) -> None:
             if int(reply[0]):
-                settles = Settles(self._settle_head, self.cluster)
+                settles = self._settles()
                 settles.plan(plan, rid, REFUND, _REFUND, calls=[call])
                 self._send(settles)
                 if int(reply[3]) == 2 and plan.calls and plan.calls[-1].keys:  # a probe slot it claimed
@@ -214,7 +215,7 @@ class RedisState:
                   cost_usd: float) -> Settles:
         """What a finished request gives back (its slots; its tpm amounts down to the count
         used, when known) and is charged; each grant once."""
-        settles = Settles(self._settle_head, self.cluster)
+        settles = self._settles()
         gives, used = (SLOTS, _EMPTY) if actual_tokens is None else (TOKENS, bulk(str(max(0, actual_tokens))))
         for g in (target, grant):
             if g is not None and not g.settled and g.backend == "redis":
@@ -227,6 +228,9 @@ class RedisState:
             settles.spend(day_key, keys, marker + grant.rid, grant.rid, micro, _SPEND_TTL)
         return settles
 
+    def _settles(self) -> Settles:
+        return Settles(self._settle_head, self.cluster)
+
     def _send(self, settles: Settles, op: str = "settle") -> None:
         """Nobody waits: each goes with the next batch, and is kept while Redis is down."""
         for ops in settles:
@@ -236,7 +240,7 @@ class RedisState:
         await self.settle(None, target, actual_tokens, 0.0)
 
     def renew_soon(self, grants: Sequence[Grant]) -> None:
-        settles = Settles(self._settle_head, self.cluster)
+        settles = self._settles()
         lease, now = bulk(str(int(self._s.concurrency_lease_s * 1000))), bulk(self._now())
         for g in grants:
             if not g.settled and g.backend == "redis" and g.plan is not None:
