@@ -1,7 +1,8 @@
-"""A batch's commands: one script call each, and the settles nobody waits for merged.
+"""A batch's commands: one script call each, the settles nobody waits for merged, and
+read-only calls shared by the callers that want the same one at once.
 
-Used by redis_link.py, which sends them; a settle may come as wire-format ops
-(redis_resp.SettleOps) and is decoded to lists only for a path that needs them.
+Used by redis_link.py, which sends them (SharedReads by redis_state.py). Settles are
+wire-format ops (redis_resp.SettleOps), decoded to lists only for the paths through redis-py.
 """
 
 from __future__ import annotations
@@ -89,11 +90,14 @@ class SharedReads:
 
 
 def _copy(src: asyncio.Future[Any], dst: asyncio.Future[Any]) -> None:
+    if src.cancelled():
+        if not dst.done():
+            dst.cancel()
+        return
+    exc = src.exception()   # taken even when every caller has gone, so asyncio does not report it
     if dst.done():
         return
-    if src.cancelled():
-        dst.cancel()
-    elif (exc := src.exception()) is not None:
+    if exc is not None:
         dst.set_exception(exc)
     else:
         dst.set_result(src.result())
