@@ -2,8 +2,9 @@
 
 One middleware wraps every handler so that whatever goes wrong, the client gets OpenAI's
 error shape and the router headers (a stream, already sent when its handler returns, gets
-them from the relay just before its headers go out: `Exchange.stamp`). When a
-generation request ends, it is counted in the metrics and written as one JSON log line.
+them from the relay just before its headers go out: `Exchange.stamp`; a whole answer is sent
+by its handler with `answer`). When a generation request ends, after its answer is out, it
+is counted in the metrics and written as one JSON log line.
 """
 
 from __future__ import annotations
@@ -77,6 +78,20 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.in_flight.dec()
         if ex.endpoint:
             record(metrics, request.app[ACCESS_LOG], ex)
+
+
+async def answer(request: web.Request, ex: Exchange, response: web.StreamResponse) -> None:
+    """Sends a whole answer now, so the client has it before the request's bookkeeping (its
+    settle, metrics and access log line) runs; a stream is already sent."""
+    if response.prepared:
+        return
+    ex.status = response.status
+    ex.stamp(response)
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass   # the client left; aiohttp's own finish meets the same and closes the connection
 
 
 def _fail(ex: Exchange, err: RouterError) -> web.Response:

@@ -10,6 +10,7 @@ from aiohttp import web
 from router import openapi
 from router.candidates import check_output_ceiling, plan, target_ids
 from router.drain import DRAIN
+from router.edge import answer
 from router.errors import RouterError, model_not_found
 from router.exchange import EXCHANGE
 from router.keys import ClientKey
@@ -66,7 +67,9 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     ex.grant = grant
     try:
         candidates = plan(table, names, norm, health, decision.strategy)
-        return await proxy.serve(request, ex, norm, candidates, health, tokens)
+        response = await proxy.serve(request, ex, norm, candidates, health, tokens)
+        await answer(request, ex, response)
+        return response
     finally:
         proxy.settle(ex, grant)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+import urllib.request
 
 import openai
 import orjson
@@ -106,3 +109,42 @@ async def test_prompts_are_logged_only_when_the_debug_option_asks(vendors, start
         line = orjson.loads(next(r.getMessage() for r in caplog.records if r.name == "router.access"))
         assert ("prompt" in line) is log_prompts
         assert ("tell nobody" in caplog.text) is log_prompts
+
+
+class _HeldUntilAnswered(logging.Handler):
+    """Holds the proxy's loop in its access log line until the client has its whole answer:
+    if the answer were sent after the line, the client could not have it yet."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.answered = threading.Event()
+        self.held: list[bool] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.held.append(self.answered.wait(10))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_client_has_its_answer_before_the_access_log_line_is_written(proxy, stream):
+    held = _HeldUntilAnswered()
+    logger = logging.getLogger("router.access")
+    logger.addHandler(held)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    body = orjson.dumps({"model": "via-nebius", "prompt": "hi", "stream": stream})
+
+    def ask() -> bytes:
+        request = urllib.request.Request(proxy.url + "/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            data = answer.read()
+        held.answered.set()
+        return data
+
+    try:
+        data = await asyncio.to_thread(ask)
+    finally:
+        logger.removeHandler(held)
+        logger.setLevel(level)
+    assert held.held == [True]
+    assert (b"data: [DONE]" in data) if stream else orjson.loads(data)["choices"]
