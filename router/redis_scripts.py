@@ -7,6 +7,11 @@ to the other. redis_state.py composes them (SCRIPTS) and redis_link.py sends the
 
 from router.health import BUCKETS
 
+# How long a reservation's paid marker stops a replayed settle from charging its spend again.
+# Replays come once Redis answers again (the link retries every 15 s at most); a marker per
+# request kept for days would hold millions of keys on a busy proxy.
+PAID_TTL_MS = 600_000
+
 
 def _lua_list(names: list[str], zero: bool = False) -> str:
     return "{" + ("[0] = " if zero else "") + ", ".join(f"'{n}'" for n in names) + "}"
@@ -272,14 +277,14 @@ return {1, usages, health, claimed, nows}
 # KEYS: each op's keys; ARGV: #ops, the health constants (EWMA alpha, error bucket width s,
 # #buckets, health TTL ms), then kind/rid/a/b per op: tpm -> tokens a ("refund" drops the
 # entry), rpm/concurrent -> drop the entry, spend (keys: day, month, a marker per
-# reservation) -> INCRBY a on both, once per reservation however often replayed; b is the
-# day's TTL (ms), set when a spend makes the key, the month's is 21 times it; lease (a
+# reservation) -> INCRBY a on both, once per reservation if replayed within PAID_TTL_MS; b
+# is the day's TTL (ms), set when a spend makes the key, the month's is 21 times it; lease (a
 # concurrency slot still in use) -> its deadline moved to now ('' b: Redis's TIME) + a ms,
 # if it is still held; ok (key: a health hash) -> a successful attempt that was not a
 # probe, latency rid ('' none) into EWMA field a, at time b: LUA_RECORD's rules for that
 # case, which never move the circuit, so many requests' ok records ride in one call with
 # their settles (the hash's TTL is set once per error bucket). Built by redis_settles.py.
-LUA_SETTLE = """
+LUA_SETTLE = f"local PAID_TTL = '{PAID_TTL_MS}'\n" + """
 local alpha, width, nb, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local ki, ai = 1, 6
 for c = 1, tonumber(ARGV[1]) do
@@ -305,7 +310,7 @@ for c = 1, tonumber(ARGV[1]) do
   elseif kind == 'spend' then
     local month, marker = KEYS[ki], KEYS[ki + 1]
     ki = ki + 2
-    if redis.call('SET', marker, '1', 'NX', 'PX', b) then
+    if redis.call('SET', marker, '1', 'NX', 'PX', PAID_TTL) then
       local n = tonumber(a)   -- a key's TTL is set when its first spend makes it: b outlives a day
       if redis.call('INCRBY', z, a) == n then redis.call('PEXPIRE', z, b) end
       if redis.call('INCRBY', month, a) == n then redis.call('PEXPIRE', month, b * 21) end

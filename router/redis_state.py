@@ -7,8 +7,8 @@ Key layout (prefix "router"; the {hash tag} keeps one scope's counters on one sl
 rpm, tpm and concurrency are sorted sets (member = reservation id; score = admit time, or
 lease deadline for :conc); :tpm:h maps id -> tokens, with "_" the running total (see
 redis_scripts.LUA_TPM for its other fields and the TTLs); :tpm:l is
-the ledger that finds a tpm refusal's retry time in O(log n); :paid:<rid> makes a replayed
-spend count once.
+the ledger that finds a tpm refusal's retry time in O(log n); :paid:<rid> makes a spend
+replayed within ten minutes count once.
 
 Standalone: one EVALSHA per admit covers every limit and the targets' health. Cluster: one
 script per hash tag, sent in the same batch; if a later tag refuses, what earlier tags
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("router.state")
 HEALTH_TTL_MS = 86_400_000  # a target nobody calls for a day starts afresh
-SPEND_TTL_MS = 3 * 86_400_000  # a day's spend (and a reservation's paid marker); a month's is 21x
+SPEND_TTL_MS = 3 * 86_400_000  # a day's spend; a month's is 21x
 _EMPTY, _REFUND, _SPEND_TTL = map(bulk, ("", "refund", str(SPEND_TTL_MS)))
 
 SCRIPTS = {

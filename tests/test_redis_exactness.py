@@ -17,6 +17,7 @@ import pytest
 
 from router.backends import create_state
 from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec
+from router.redis_scripts import PAID_TTL_MS
 from router.state import SharedState, StateSettings
 from tests.fixtures_redis import RedisServer
 from tests.test_redis_faults import QUICK, SlowReplies, until
@@ -261,5 +262,28 @@ async def test_concurrent_cluster_admits_share_one_health_read_per_target(redis_
             with n.client() as c:
                 reads += c.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0)
         assert reads == 1
+    finally:
+        await s.close()
+
+
+async def test_paid_markers_last_minutes_so_redis_does_not_grow_with_traffic_for_days(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """Every priced request leaves a marker for replays; kept for days, a busy proxy's Redis
+    would hold hundreds of millions of them."""
+    server = redis_server_factory()
+    priced = Admission("team-a", None, BudgetSpec(daily_usd=100.0), "gpt-x", None, 10)
+    s = create_state(server.url, StateSettings(**QUICK))
+    try:
+        for _ in range(5):
+            grant, _ = await s.admit(priced, [])
+            await s.settle(grant, None, None, 0.01)
+        redis = server.client()
+        markers = [k for k in redis.scan_iter("*:paid:*")]
+        assert len(markers) == 5
+        ttls = [redis.pttl(k) for k in markers]
+        assert all(0 < t <= PAID_TTL_MS for t in ttls), ttls
+        spend = [k for k in redis.scan_iter("*:spend:*")]
+        assert spend and all(redis.pttl(k) > PAID_TTL_MS for k in spend)   # the spend itself stays
     finally:
         await s.close()
