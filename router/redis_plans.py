@@ -24,6 +24,7 @@ SLOTS, TOKENS, REFUND, RENEW = range(4)
 _GIVES = {SLOTS: {CONCURRENT}, TOKENS: {CONCURRENT, TPM}, REFUND: {CONCURRENT, TPM, RPM}, RENEW: {CONCURRENT}}
 _LEASE = bulk("lease")
 SettlePart = tuple[str, str, bytes, int, list[bytes]]   # tag, first key, keys, how many, each op's kind
+RPM_SHARED = "rpmt"   # the admit script's kind for an rpm counted in its scope's tpm zset
 
 
 def esc(name: str) -> str:
@@ -57,7 +58,7 @@ class Plan:
         ident = (gives, call)
         if ident not in self._settle:
             kinds = _GIVES[gives]
-            idx = [i for i in self.calls[call].idx if self.checks[i].kind in kinds]
+            idx = [i for i in self.calls[call].idx if self.checks[i].kind in kinds and self.keys[i]]
             keys = [k for i in idx for k in self.keys[i]]
             self._settle[ident] = (hash_tag(keys[0]), keys[0], bulks(keys), len(keys),
                                    [_LEASE if gives == RENEW else bulk(self.checks[i].kind) for i in idx]) if idx else None
@@ -93,6 +94,15 @@ class Planner:
 
     def _build(self, checks: list[Check], health_ids: Sequence[str], probing: bool, day: str, month: str) -> Plan:
         keys = [self._keys(c, day, month) for c in checks]
+        # An rpm beside a tpm of the same scope counts the tpm's time zset: the same entries,
+        # kept once. Its admit reads all three tpm keys; a refund of the tpm drops the entry.
+        tpm_keys = {(c.scope, c.name): keys[i] for i, c in enumerate(checks) if c.kind == TPM}
+        kinds = [c.kind for c in checks]
+        admit_keys = list(keys)
+        for i, c in enumerate(checks):
+            shared = tpm_keys.get((c.scope, c.name)) if c.kind == RPM else None
+            if shared is not None:
+                kinds[i], admit_keys[i], keys[i] = RPM_SHARED, shared, []
         health = [self.health_key(t) for t in health_ids]
         groups: list[list[int]]
         tails: list[list[str]]
@@ -111,8 +121,8 @@ class Planner:
                 c = checks[i]
                 if c.kind == TPM:
                     tpm_at.append(len(args) + 2)
-                args += [c.kind, str(c.limit), str(c.amount)]
-            call_keys = [k for i in idx for k in keys[i]] + tail
+                args += [kinds[i], str(c.limit), str(c.amount)]
+            call_keys = [k for i in idx for k in admit_keys[i]] + tail
             slots = [0, 1, *(at + 2 for at in tpm_at)]   # now, rid, tpm amounts
             packer = self._packer("admit", call_keys, ["", "", *args], slots)
             calls.append(Call(idx, call_keys, args, tpm_at, packer))

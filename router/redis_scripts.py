@@ -150,7 +150,7 @@ return {before, after}
 # ---- limits: MemoryState._try's rules (memory_state.py): evaluate every check, then charge
 # all or none ----------------------------------------------------------------------------
 
-# KEYS: each check's keys (tpm: time zset + amounts hash + ledger zset; others one), then
+# KEYS: each check's keys (tpm and rpmt: time zset + amounts hash + ledger zset; others one), then
 # health hashes (or the one to claim a probe on). ARGV: now ('' = Redis's own TIME, so every
 # replica's windows share one clock), rid, window ms, lease ms, #checks, probe mode, cooldown,
 # probes, error bucket width s, #buckets, then kind/limit/amount per check.
@@ -158,6 +158,8 @@ return {before, after}
 # tpm's ledger scores each entry by the running total reserved before it, so the moment
 # enough tokens leave the window is one range lookup (O(log n)), not a walk of the window;
 # it counts reserved amounts, so after settles shrank them the retry hint may come early.
+# 'rpmt' is an rpm whose scope has a tpm too: the tpm's time zset holds the same entries (one
+# per reservation, at its admit time), so the rpm counts them there and the tpm charges them.
 LUA_ADMIT = """
 local nows, rid = clock(ARGV[1]), ARGV[2]
 local now, win_ms, lease_ms, n = tonumber(nows), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -166,8 +168,11 @@ local width, nb, W = tonumber(ARGV[9]), tonumber(ARGV[10]), win_ms / 1000
 local cur = math.floor(now / width)
 local cutoff = string.format('%.6f', now - W)
 local lease = string.format('%.6f', now + lease_ms / 1000)
+local pruned = {}
 local function used_tokens(z, h, l)
   local v = tpm_get(h)
+  if pruned[z] then return v[1] end
+  pruned[z] = true
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
   if #old > 0 then
     local sub = 0
@@ -186,16 +191,18 @@ local function used_tokens(z, h, l)
   return v[1]
 end
 local function until_ms(score) return math.max(1, math.ceil((tonumber(score) + W - now) * 1000)) end
+local resets = {}
 local function reset_ms(z)
+  if resets[z] then return resets[z] end
   local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-  if #first == 0 then return 0 end
-  return until_ms(first[2])
+  resets[z] = #first == 0 and 0 or until_ms(first[2])
+  return resets[z]
 end
 local function retry_ms(kind, z, l, used, amount, limit)
   if kind == 'concurrent' then return 1000 end
   if amount > limit then return win_ms end
   local excess = used + amount - limit
-  if kind == 'rpm' then
+  if kind ~= 'tpm' then
     local e = redis.call('ZRANGE', z, excess - 1, excess - 1, 'WITHSCORES')
     if #e == 0 then return win_ms end
     return until_ms(e[2])
@@ -214,9 +221,12 @@ for c = 1, n do
   ai = ai + 3
   local z, h, l = KEYS[ki], false, false
   ki = ki + 1
-  if kind == 'tpm' then h, l = KEYS[ki], KEYS[ki + 1]; ki = ki + 2 end
+  if kind == 'tpm' or kind == 'rpmt' then h, l = KEYS[ki], KEYS[ki + 1]; ki = ki + 2 end
   local used
-  if kind == 'rpm' then
+  if kind == 'rpmt' then
+    used_tokens(z, h, l)
+    used = redis.call('ZCARD', z)
+  elseif kind == 'rpm' then
     redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
     used = redis.call('ZCARD', z)
   elseif kind == 'tpm' then
@@ -239,10 +249,9 @@ if probing and probe(KEYS[ki], nows, cooldown, probes, false) == 0 then return {
 local usages = {}
 for c = 1, n do
   local kind, z, h, l, amount, left = unpack(plan[c])
-  local reset = 0
   if kind == 'rpm' or kind == 'tpm' then
     redis.call('ZADD', z, nows, rid)
-    if h then
+    if kind == 'tpm' then
       local v = tpm_get(h)
       redis.call('ZADD', l, v[2], rid)
       v[1], v[2] = v[1] + amount, v[2] + amount
@@ -258,12 +267,14 @@ for c = 1, n do
     else
       redis.call('PEXPIRE', z, ARGV[3])
     end
-    reset = reset_ms(z)
   elseif kind == 'concurrent' then
     redis.call('ZADD', z, lease, rid)
     redis.call('PEXPIRE', z, ARGV[4])
   end
-  usages[c] = {left, reset}
+end
+for c = 1, n do   -- after every charge: an rpm sharing its scope's tpm zset is charged by that tpm
+  local kind, z, _, _, _, left = unpack(plan[c])
+  usages[c] = {left, (kind == 'rpm' or kind == 'tpm' or kind == 'rpmt') and reset_ms(z) or 0}
 end
 local health, claimed = {}, 0
 if probing then

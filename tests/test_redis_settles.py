@@ -32,9 +32,9 @@ def ops(kind: str, keys: list[str], a: str = "", b: str = "") -> tuple[list[str]
 CASES = [
     (SLOTS, "", "", [ops("concurrent", KEY[4:5])], []),
     (TOKENS, "7", "", [ops("tpm", KEY[1:4], "7"), ops("concurrent", KEY[4:5], "7")], [ops("tpm", MODEL[1:4], "7")]),
-    (REFUND, "refund", "", [ops("rpm", KEY[0:1], "refund"), ops("tpm", KEY[1:4], "refund"),
-                            ops("concurrent", KEY[4:5], "refund")],
-     [ops("rpm", MODEL[0:1], "refund"), ops("tpm", MODEL[1:4], "refund")]),
+    # an rpm beside a tpm counts the tpm's entries: the tpm's refund drops the one entry
+    (REFUND, "refund", "", [ops("tpm", KEY[1:4], "refund"), ops("concurrent", KEY[4:5], "refund")],
+     [ops("tpm", MODEL[1:4], "refund")]),
     (RENEW, "600000", "1796000000.5", [ops("lease", KEY[4:5], "600000", "1796000000.5")], []),
 ]
 
@@ -77,3 +77,12 @@ def test_spend_and_ok_ops_are_routed_by_their_own_keys():
     assert spend.argv() == ([day, month, "router:{k:team}:paid:r1"], ["1", *HEAD, "spend", "r1", "1500", "259200000"])
     ok = ok_ops(HEAD, "router:{t:p/m}:health", bulk("router:{t:p/m}:health"), 0.25, True, "")
     assert (ok.tag, ok.argv()) == ("{t:p/m}", (["router:{t:p/m}:health"], ["1", *HEAD, "ok", "0.25", "tt", ""]))
+
+
+def test_an_rpm_without_a_tpm_beside_it_is_refunded_from_its_own_key():
+    planner = Planner(StateSettings(), False, lambda name, keys, args, slots: Packer("a" * 40, keys, args, slots))
+    rpm_only = Admission("team", LimitSpec(rpm=10), None, "gpt", None, 10)
+    settles = Settles(HEAD, cluster=False)
+    settles.plan(planner.plan(("r",), lambda: plan_checks(rpm_only), (), False, "2026-11-30", "2026-11"), "r1",
+                 REFUND, bulk("refund"), bulk(""))
+    assert [o.argv() for o in settles] == [argv([ops("rpm", KEY[0:1], "refund")])]
