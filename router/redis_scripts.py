@@ -80,14 +80,19 @@ end
 # window, for three PEXPIREs per check per half window instead of per request.
 LUA_TPM = """
 local tpm_state = {}
+local function tpm_read(h, ...)
+  local r = redis.call('HMGET', h, '_', '#', '@', ...)
+  tpm_state[h] = {tonumber(r[1] or '0'), tonumber(r[2] or '0'), tonumber(r[3] or '-1e18')}
+  return r[4]
+end
 local function tpm_get(h)
-  local v = tpm_state[h]
-  if not v then
-    local r = redis.call('HMGET', h, '_', '#', '@')
-    v = {tonumber(r[1] or '0'), tonumber(r[2] or '0'), tonumber(r[3] or '-1e18')}
-    tpm_state[h] = v
-  end
-  return v
+  if not tpm_state[h] then tpm_read(h) end
+  return tpm_state[h]
+end
+-- One reservation's tokens; the first time a script meets `h`, read with its fields.
+local function tpm_entry(h, rid)
+  if tpm_state[h] then return redis.call('HGET', h, rid) end
+  return tpm_read(h, rid)
 end
 """
 
@@ -305,7 +310,7 @@ for c = 1, tonumber(ARGV[1]) do
   if kind == 'tpm' then
     local h, l = KEYS[ki], KEYS[ki + 1]
     ki = ki + 2
-    local cur = redis.call('HGET', h, rid)
+    local cur = tpm_entry(h, rid)
     if cur and a == 'refund' then
       local v = tpm_get(h)
       v[1] = v[1] - tonumber(cur)
