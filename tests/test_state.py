@@ -75,9 +75,11 @@ async def test_tpm_reservations_never_exceed_the_limit_under_concurrent_admits(b
 # ---- sliding window ---------------------------------------------------------------------
 
 
-async def test_rpm_window_slides_exactly_sixty_seconds_after_each_admission(backend: Backend) -> None:
+@pytest.mark.parametrize("limits", [pytest.param(LimitSpec(rpm=2), id="rpm-alone"),
+                                    pytest.param(LimitSpec(rpm=2, tpm=1_000_000), id="rpm-beside-a-tpm")])
+async def test_rpm_window_slides_exactly_sixty_seconds_after_each_admission(backend: Backend, limits: LimitSpec) -> None:
     (s,) = await backend.make()
-    a = adm(key_limits=LimitSpec(rpm=2))
+    a = adm(key_limits=limits)
     assert await admitted(s, a)
     backend.clock.advance(30)
     assert await admitted(s, a)
