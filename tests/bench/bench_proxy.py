@@ -13,8 +13,11 @@ and rpm/tpm on the model, a price, metrics, and the access log (to a file), in-p
 ("router") and on a redis-server the benchmark starts itself ("router+redis"; with
 --cluster also a 3-node Redis Cluster, "router+cluster"). Every contender is started at once,
 pinned to core 0 (idle ones cost nothing); the canned OpenAI-shaped upstreams, Redis and wrk
-run on core 1. Each case runs --rounds rounds, every contender in turn within a round, and
-the table shows medians, so drift hits every contender alike. The relay does the least any
+run on core 1. req, stream and lat1 run in front of a static nginx, the cheapest upstream
+there is, which sends a stream's 20 events in one write (--python-upstream: an aiohttp
+upstream that writes each event on its own, as a model's server does); the other cases need
+events spaced, so they use the aiohttp one. Each case runs --rounds rounds, every contender
+in turn within a round, and the table shows medians, so drift hits every contender alike. The relay does the least any
 proxy must: read the body, POST it upstream on a pooled session, return the answer (a
 stream is passed through as its bytes come: iter_any -> write).
 
@@ -60,11 +63,12 @@ import textwrap
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
-UPSTREAM = textwrap.dedent('''
-    import asyncio, sys, orjson, uvloop
-    from aiohttp import web
-    CHUNKS, GAP = int(sys.argv[2]), float(sys.argv[3]) / 1000
+# The upstreams' canned answers, one module for both: the Python upstream imports it, the
+# benchmark runs it to write nginx's configuration.
+CANNED = textwrap.dedent('''
+    import orjson
     USAGE = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
     TEXT = orjson.dumps({"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
         "choices": [{"index": 0, "text": "Hello there, this is a canned answer.", "finish_reason": "stop",
@@ -73,10 +77,10 @@ UPSTREAM = textwrap.dedent('''
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there, this is a canned answer."},
                      "finish_reason": "stop"}], "usage": USAGE})
     def sse(o): return b"data: " + orjson.dumps(o) + b"\\n\\n"
-    def chunks(chat):
+    def chunks(chat, count):
         out = []
-        for i in range(CHUNKS):
-            fin = "stop" if i == CHUNKS - 1 else None
+        for i in range(count):
+            fin = "stop" if i == count - 1 else None
             if chat:
                 delta = {"role": "assistant", "content": ""} if i == 0 else {"content": f"tok{i} and "}
                 out.append(sse({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m",
@@ -87,7 +91,14 @@ UPSTREAM = textwrap.dedent('''
         obj = "chat.completion.chunk" if chat else "text_completion"
         usage = sse({"id": "cmpl-1", "object": obj, "created": 1, "model": "m", "choices": [], "usage": USAGE})
         return out, usage
-    STREAMS = {False: chunks(False), True: chunks(True)}
+''')
+
+UPSTREAM = textwrap.dedent('''
+    import asyncio, sys, orjson, uvloop
+    from aiohttp import web
+    from canned import CHAT, TEXT, chunks
+    CHUNKS, GAP = int(sys.argv[2]), float(sys.argv[3]) / 1000
+    STREAMS = {False: chunks(False, CHUNKS), True: chunks(True, CHUNKS)}
     async def handle(request):
         req = orjson.loads(await request.read())
         chat = request.path.endswith("/chat/completions")
@@ -213,6 +224,38 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: f
 
 def pinned(core: int, argv: list[str]) -> list[str]:
     return (["taskset", "-c", str(core)] if shutil.which("taskset") else []) + argv
+
+
+def nginx_upstream(tmp: Path, port: int, stream: bool) -> list[str] | None:
+    """A static nginx upstream pinned to core 1: the Python upstream's canned answers (a
+    stream's 20 events and [DONE], without usage) whatever the request; None without nginx."""
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if binary is None:
+        return None
+    canned: dict[str, Any] = {}
+    exec(CANNED, canned)
+    bodies = {}
+    for chat, name in ((True, "chat/completions"), (False, "completions")):
+        bodies[name] = (b"".join(canned["chunks"](chat, 20)[0]) + b"data: [DONE]\n\n") if stream else \
+            canned["CHAT" if chat else "TEXT"]
+    ctype = "text/event-stream" if stream else "application/json"
+    locations = "".join(f"    location = /v1/{name} {{ default_type {ctype}; return 200 '{body.decode()}'; }}\n"
+                        for name, body in bodies.items())
+    conf = tmp / f"nginx-{port}.conf"
+    temp = tmp / f"nginx-{port}"
+    temp.mkdir()
+    conf.write_text(f"""worker_processes 1; daemon off; pid {temp}/nginx.pid;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off; keepalive_requests 100000000; keepalive_timeout 600s;
+  client_body_temp_path {temp}/body; proxy_temp_path {temp}/proxy; fastcgi_temp_path {temp}/fastcgi;
+  uwsgi_temp_path {temp}/uwsgi; scgi_temp_path {temp}/scgi;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+{locations}  }}
+}}
+""")
+    return pinned(1, [binary, "-c", str(conf), "-p", str(temp), "-e", str(temp / "error.log")])
 
 
 @contextlib.contextmanager
@@ -432,6 +475,9 @@ def start_redis(tmp: Path, cluster: bool) -> tuple[str, list[subprocess.Popen[by
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--python-upstream", action="store_true",
+                    help="req, stream and lat1 in front of the Python upstream (events in writes of their own) "
+                         "instead of static nginx")
     ap.add_argument("--seconds", type=int, default=5, help="length of each timed wrk run (default 5)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds per case; the table shows medians (default 3)")
     ap.add_argument("--cases", default="req,stream,lat1",
@@ -459,6 +505,7 @@ def main() -> int:
     key = "sk-bench-" + secrets.token_hex(24)
     tmp = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     (tmp / "up.py").write_text(UPSTREAM)
+    (tmp / "canned.py").write_text(CANNED)
     (tmp / "relay.py").write_text(RELAY)
 
     def lua(up: str, stream: bool) -> Path:
@@ -475,6 +522,19 @@ def main() -> int:
             port = free_port()
             p = stack.enter_context(started(pinned(1, [sys.executable, str(tmp / "up.py"), str(port), str(chunks), str(gap)]),
                                             tmp / f"upstream-{name}.log"))
+            wait_port(port, p)
+            ups[name] = port
+        # req, stream and lat1 in front of nginx; the Python upstream where events must be
+        # spaced (stream256, open1000), or without nginx
+        for name, stream in (("static", False), ("static-sse", True)):
+            port = free_port()
+            argv = None if args.python_upstream else nginx_upstream(tmp, port, stream)
+            if argv is None:
+                if not args.python_upstream:
+                    print("no nginx: req, stream and lat1 use the Python upstream", file=sys.stderr)
+                ups[name] = ups["fast"]
+                continue
+            p = stack.enter_context(started(argv, tmp / f"upstream-{name}.log"))
             wait_port(port, p)
             ups[name] = port
         redis_urls: dict[str, str] = {}
@@ -549,7 +609,7 @@ def main() -> int:
                       f"  cpu {r['cpu_ms']:.3f} ms/req  errors {r['non2xx'] + r['sockerr']:.0f}", flush=True)
             return fn
 
-        plans = {"req": ("fast", False, 64), "stream": ("fast", True, 16), "lat1": ("fast", False, 1),
+        plans = {"req": ("static", False, 64), "stream": ("static-sse", True, 16), "lat1": ("static", False, 1),
                  "stream256": ("spaced", True, 256)}
         for case in cases:
             if case in plans:
