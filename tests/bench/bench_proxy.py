@@ -258,6 +258,11 @@ http {{
     return pinned(1, [binary, "-c", str(conf), "-p", str(temp), "-e", str(temp / "error.log")])
 
 
+def terminate(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.terminate()
+
+
 @contextlib.contextmanager
 def started(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
@@ -540,11 +545,11 @@ def main() -> int:
         redis_urls: dict[str, str] = {}
         if not args.no_redis:
             url, procs = start_redis(tmp, False)
-            stack.callback(lambda: [p.terminate() for p in procs])
+            stack.callback(terminate, procs)
             redis_urls["router+redis"] = url
         if args.cluster:
             url, cprocs = start_redis(tmp, True)
-            stack.callback(lambda: [p.terminate() for p in cprocs])
+            stack.callback(terminate, cprocs)
             redis_urls["router+cluster"] = url
 
         def contenders(up: int) -> dict[str, tuple[list[str], dict[str, str], float]]:
