@@ -85,7 +85,8 @@ async def answer(request: web.Request, ex: Exchange, response: web.StreamRespons
     settle, metrics and access log line) runs; a stream is already sent."""
     if response.prepared:
         return
-    ex.status = response.status
+    if not ex.status:
+        ex.status = response.status
     ex.stamp(response)
     try:
         await response.prepare(request)

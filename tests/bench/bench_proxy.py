@@ -17,9 +17,10 @@ run on core 1. req, stream and lat1 run in front of a static nginx, the cheapest
 there is, which sends a stream's 20 events in one write (--python-upstream: an aiohttp
 upstream that writes each event on its own, as a model's server does); the other cases need
 events spaced, so they use the aiohttp one. Each case runs --rounds rounds, every contender
-in turn within a round, and the table shows medians, so drift hits every contender alike. The relay does the least any
-proxy must: read the body, POST it upstream on a pooled session, return the answer (a
-stream is passed through as its bytes come: iter_any -> write).
+in turn within a round, and the table shows medians, so drift hits every contender alike.
+The relay does the least any proxy must: read the body, POST it upstream on a pooled
+session, return the answer (a stream is passed through as its bytes come: iter_any ->
+write).
 
 Cases:
   req        non-stream, 64 connections: req/s, p50, p99, CPU per request (from /proc)
@@ -535,7 +536,7 @@ def main() -> int:
             port = free_port()
             argv = None if args.python_upstream else nginx_upstream(tmp, port, stream)
             if argv is None:
-                if not args.python_upstream:
+                if not args.python_upstream and not stream:
                     print("no nginx: req, stream and lat1 use the Python upstream", file=sys.stderr)
                 ups[name] = ups["fast"]
                 continue
