@@ -240,6 +240,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     done = False
     gone = False
     live = True   # the serving part's usage is still to be counted
+    last = b""    # the answer's last events, written with [DONE] and the body's end in one write
     loop = asyncio.get_running_loop()
     try:
         first_obj: dict[str, Any] = opened.first
@@ -269,7 +270,9 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                             chunk = shape(obj)
                             if chunk:
                                 out.append(chunk)
-                        if out:   # one write per upstream read, however many events it carried
+                        if out and done:
+                            last = out[0] if len(out) == 1 else b"".join(out)
+                        elif out:   # one write per upstream read, however many events it carried
                             wd.phase = "client"
                             await response.write(out[0] if len(out) == 1 else b"".join(out))
                             wd.phase = "upstream"
@@ -327,8 +330,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
             tail = encode(failure.body()) + DONE
         wd2 = Watchdog(loop.time() + idle, "client")
         async with wd2:
-            await response.write(tail)
-            await response.write_eof()
+            await response.write_eof(last + tail)
     except ClientStalled:
         gone = True
         _client_failed(ex, request, resp, "client_stalled",
