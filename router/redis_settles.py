@@ -52,7 +52,8 @@ class Settles:
                 self._ops(tag, route).add(keys, nkeys, b"".join([kind + tail for kind in kinds]), len(kinds))
 
     def spend(self, day_key: str, keys: bytes, marker: str, rid: str, micro: int, ttl: bytes) -> None:
-        """A reservation's spend on its key's day and month, once however often replayed."""
+        """A reservation's spend on its key's day and month, once if replayed within
+        redis_scripts.PAID_TTL_MS."""
         self._ops(hash_tag(day_key), day_key).add(keys + bulk(marker), 3, _SPEND + bulk(rid) + bulk(str(micro)) + ttl, 1)
 
 
