@@ -1,9 +1,10 @@
-"""The connection to Redis: every script call of one event-loop iteration in one pipeline.
+"""The connection to Redis: the script calls of one event-loop iteration in few pipelines.
 
 A request's own path makes one call (its admit) and waits for that reply alone; settles and
 health records are handed over without waiting and ride along with the next batch. So
 however many requests are in flight, Redis sees one pipelined round trip per loop
-iteration, with one timeout for the whole batch instead of a timer per call.
+iteration, with one timeout for the whole batch instead of a timer per call; past
+BATCH_CALLS admits, a batch goes out at once and the next one starts.
 
 Faults: a batch that fails or passes `redis_timeout_s` marks Redis down (one warning per
 transition, router_redis_errors_total{op}, router_redis_up 0): callers fall back at once,
@@ -41,6 +42,12 @@ REPLAY_CHUNK = 200  # settles replayed per pipeline once Redis is back
 # request under load. What a finished request gives back (a slot, unused tokens) or is charged
 # (spend) lands this much later at most; it goes ahead of the admits it travels with.
 LOOSE_DELAY_S = 0.002
+# Admits in one batch at most. Sent at the iteration's end, every admit of a busy iteration
+# would reach Redis together, after the proxy had read all their requests, and the proxy would
+# then wait idle for the whole batch's scripts (a few milliseconds under load, in step every
+# cycle). Sent in batches of this many as they come, Redis runs each while the proxy reads
+# the next requests: 1,600 -> 2,400 requests/s with Redis at 64 connections, measured.
+BATCH_CALLS = 8
 
 
 class Unavailable(Exception):
@@ -61,7 +68,7 @@ class RedisLink:
         self.client: Any = make_client(url, settings) if self._wire_at is None else None
         self._queue: list[Command] = []     # calls someone waits for: sent this loop iteration
         self._loose: list[Command] = []     # calls nobody waits for: sent with the next batch
-        self._soon = False   # a flush scheduled now
+        self._soon: asyncio.Handle | None = None   # a flush scheduled now
         self._later: asyncio.TimerHandle | None = None   # a flush scheduled after LOOSE_DELAY_S
         self._sending: set[asyncio.Future[Any]] = set()  # batches under way, awaited at close
         self._posted = 0                    # batches written on the wire, replies not yet read
@@ -121,22 +128,24 @@ class RedisLink:
         self._enqueue_loose(cmd)
 
     def _enqueue(self, cmd: Command) -> None:
-        if not self._soon:
-            self._soon = True
-            asyncio.get_running_loop().call_soon(self._flush)
         self._queue.append(cmd)
+        if len(self._queue) >= BATCH_CALLS:
+            self._flush()
+        elif self._soon is None:
+            self._soon = asyncio.get_running_loop().call_soon(self._flush)
 
     def _enqueue_loose(self, cmd: Command) -> None:
-        if not self._soon and self._later is None:
+        if self._soon is None and self._later is None:
             if self._posted:   # traffic: another batch is about to go, this rides along
                 self._later = asyncio.get_running_loop().call_later(LOOSE_DELAY_S, self._flush)
             else:              # quiet: now, so it is not on the next request's path
-                self._soon = True
-                asyncio.get_running_loop().call_soon(self._flush)
+                self._soon = asyncio.get_running_loop().call_soon(self._flush)
         self._loose.append(cmd)
 
     def _flush(self) -> None:
-        self._soon = False
+        if self._soon is not None:
+            self._soon.cancel()   # called before its turn: a full batch
+            self._soon = None
         if self._later is not None:
             self._later.cancel()
             self._later = None

@@ -17,6 +17,7 @@ import pytest
 
 from router.backends import create_state
 from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec
+from router.redis_link import BATCH_CALLS
 from router.redis_scripts import PAID_TTL_MS
 from router.state import SharedState, StateSettings
 from tests.fixtures_redis import RedisServer
@@ -155,6 +156,30 @@ async def test_settles_of_one_loop_iteration_all_land_though_sent_as_one_call(
         # every slot back, and each reservation down to 10 tokens: 200 + 19 x 100 fits in 2,100
         assert all([await admitted(s, a) for _ in range(19)])
         assert not await admitted(s, a)
+    finally:
+        await s.close()
+
+
+async def test_a_full_batch_of_admits_goes_to_redis_before_the_loop_iteration_ends_and_counts_exactly(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """Redis runs the first BATCH_CALLS admits of a busy iteration while the proxy is still
+    reading the next requests; the admits split over batches still admit exactly the limit."""
+    server = redis_server_factory()
+    s = create_state(server.url, StateSettings(redis_timeout_s=2.0))
+    a = Admission("team-a", LimitSpec(rpm=13), None, "gpt-x", None, 10)
+    try:
+        assert await admitted(s, a)   # connected, scripts loaded
+        with server.client() as c:
+            c.config_resetstat()
+            calls = [asyncio.ensure_future(admitted(s, a)) for _ in range(3 * BATCH_CALLS)]
+            await asyncio.sleep(0)   # every admit made, in one iteration; none of them answered
+            assert not any(f.done() for f in calls)
+            deadline = time.monotonic() + 2.0   # the loop stays blocked here: only a batch already sent can run
+            while c.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) < BATCH_CALLS:
+                assert time.monotonic() < deadline, "the first full batch did not reach Redis within the iteration"
+                time.sleep(0.01)
+        assert sum(await asyncio.gather(*calls)) == 12
     finally:
         await s.close()
 
