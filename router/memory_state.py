@@ -90,10 +90,14 @@ class MemoryState:
                 slots = self._slots.get((c.scope, c.name))
                 if slots is None:
                     slots = self._slots[(c.scope, c.name)] = {}
-                for r in [r for r, deadline in slots.items() if deadline <= now]:
-                    del slots[r]
                 if len(slots) + c.amount > c.limit:
-                    raise LimitExceeded(c, 1.0)
+                    # Lapsed leases (a request that never settled) are only looked for when
+                    # they could make the difference: a scan per admit costs as much as the
+                    # requests in flight.
+                    for r in [r for r, deadline in slots.items() if deadline <= now]:
+                        del slots[r]
+                    if len(slots) + c.amount > c.limit:
+                        raise LimitExceeded(c, 1.0)
             else:
                 amount = tokens if kind == TPM else c.amount
                 key = (c.scope, c.name, kind)
@@ -232,7 +236,8 @@ class MemoryState:
             return
         before, after = rec.record(ok, latency_s, now, self._s, stream, probe)
         log_transition(target_id, before, after)
-        set_circuit(self._metrics, {target_id: rec.view(now, self._s)})
+        if self._metrics is not None:
+            self._metrics.set_circuit(target_id, after)   # `after` is the state a view would have now
 
     async def health(self, target_ids: Sequence[str]) -> dict[str, TargetHealth]:
         return self._health(target_ids, self._clock())
