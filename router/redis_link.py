@@ -3,8 +3,8 @@
 A request's own path makes one call (its admit) and waits for that reply alone; settles and
 health records are handed over without waiting and ride along with the next batch. So
 however many requests are in flight, Redis sees one pipelined round trip per loop
-iteration, with one timeout for the whole batch instead of a timer per call; past
-BATCH_CALLS admits, a batch goes out at once and the next one starts.
+iteration, with one timeout for the whole batch instead of a timer per call; once it holds
+BATCH_CALLS calls someone waits for, a batch goes out at once and the next one starts.
 
 Faults: a batch that fails or passes `redis_timeout_s` marks Redis down (one warning per
 transition, router_redis_errors_total{op}, router_redis_up 0): callers fall back at once,
@@ -42,11 +42,12 @@ REPLAY_CHUNK = 200  # settles replayed per pipeline once Redis is back
 # request under load. What a finished request gives back (a slot, unused tokens) or is charged
 # (spend) lands this much later at most; it goes ahead of the admits it travels with.
 LOOSE_DELAY_S = 0.002
-# Admits in one batch at most. Sent at the iteration's end, every admit of a busy iteration
-# would reach Redis together, after the proxy had read all their requests, and the proxy would
-# then wait idle for the whole batch's scripts (a few milliseconds under load, in step every
-# cycle). Sent in batches of this many as they come, Redis runs each while the proxy reads
-# the next requests: 1,600 -> 2,400 requests/s with Redis at 64 connections, measured.
+# Calls someone waits for (admits; in Cluster also health reads) in one batch at most. Sent
+# at the iteration's end, every admit of a busy iteration would reach Redis together, after
+# the proxy had read all their requests, and the proxy would then wait idle for the whole
+# batch's scripts (a few milliseconds under load, in step every cycle). Sent in batches of
+# this many as they come, Redis runs each while the proxy reads the next requests: 1,600 ->
+# 2,400 requests/s with Redis at 64 connections, measured.
 BATCH_CALLS = 8
 
 
