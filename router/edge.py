@@ -50,10 +50,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     live.add(ex)
     try:
         response = await handler(request)
-        if not ex.status:
-            ex.status = response.status
-        if not response.prepared:
-            ex.stamp(response)
+        _seal(ex, response)
         return response
     except RouterError as err:
         return _fail(ex, err)
@@ -85,14 +82,21 @@ async def answer(request: web.Request, ex: Exchange, response: web.StreamRespons
     settle, metrics and access log line) runs; a stream is already sent."""
     if response.prepared:
         return
-    if not ex.status:
-        ex.status = response.status
-    ex.stamp(response)
+    _seal(ex, response)
     try:
         await response.prepare(request)
         await response.write_eof()
     except ConnectionError:
         pass   # the client left; aiohttp's own finish meets the same and closes the connection
+
+
+def _seal(ex: Exchange, response: web.StreamResponse) -> None:
+    """The request's status from its response, unless set already; the router's headers on a
+    response not yet sent."""
+    if not ex.status:
+        ex.status = response.status
+    if not response.prepared:
+        ex.stamp(response)
 
 
 def _fail(ex: Exchange, err: RouterError) -> web.Response:
