@@ -32,7 +32,7 @@ from router.candidates import Candidate
 from router.errors import RouterError
 from router.exchange import Exchange
 from router.normalize import Normalized
-from router.sse import DONE, encode
+from router.sse import DONE, EventStream, encode
 from router.streaming import SSE_HEADERS, broken_stream, first_events, load_event
 from router.table import Target
 from router.upstream import UpstreamResponse
@@ -187,7 +187,7 @@ async def _stream(proxy: Attempts, request: web.Request, ex: Exchange, norm: Nor
         await _all([open_part(p, b) for p, b in zip(parts, bodies)])
         first_at = time.monotonic()
         ex.served = True
-        response = web.StreamResponse(headers=SSE_HEADERS)
+        response = EventStream(headers=SSE_HEADERS)
         ex.committed = True
         ex.stamp(response)
         await response.prepare(request)

@@ -10,11 +10,22 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 import orjson
-from aiohttp import StreamReader
+from aiohttp import StreamReader, web
 
 DONE = b"data: [DONE]\n\n"
 # An event larger than this without a blank line to end it is not an SSE stream.
 MAX_EVENT_BYTES = 8 * 1024 * 1024
+
+
+class EventStream(web.StreamResponse):
+    """A stream response whose headers go out with its first events, in one write.
+
+    aiohttp sends a StreamResponse's headers on their own at `prepare`, one more send per
+    stream; a stream here is prepared only once its first event is in hand and written at
+    once, so holding the headers back delays nothing. (A plain `web.Response` does the same.)
+    """
+
+    _send_headers_immediately = False
 
 
 class SSEError(ValueError):

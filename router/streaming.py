@@ -26,7 +26,7 @@ from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
 from router.metrics import Metrics
 from router.normalize import Normalized
-from router.sse import DONE, encode, event_batches
+from router.sse import DONE, EventStream, encode, event_batches
 from router.table import Target
 from router.watchdog import Watchdog
 from router.upstream import UpstreamResponse
@@ -153,7 +153,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
 
     first_at = time.monotonic()
     ex.served = True
-    response = web.StreamResponse(headers=SSE_HEADERS)
+    response = EventStream(headers=SSE_HEADERS)
     ex.committed = True
     ex.upstream = resp
     ex.stamp(response)
