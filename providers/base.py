@@ -228,7 +228,9 @@ class Adapter:
         """The vendor's own quirks in a whole answer, undone in place."""
 
     def fix_chunk(self, endpoint: str, data: dict[str, Any]) -> None:
-        """The vendor's own quirks in one stream event, undone in place; on the per-chunk path, keep it cheap."""
+        """The vendor's own quirks in one stream event, undone in place; on the per-chunk path, keep it cheap.
+        Never read or change a choice's text here: the relay shapes events that differ only in
+        their text as bytes, from one that came through here (router/event_template.py)."""
 
     def openai_response(self, endpoint: str, data: dict[str, Any], fill: Fill) -> None:
         """A whole answer as OpenAI's schema requires it: `id`, `created`, each choice's

@@ -23,6 +23,7 @@ from providers.base import Adapter, Fill
 from providers.failures import bad_upstream_body, transport_error
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
+from router.event_template import EventTemplate
 from router.exchange import Exchange
 from router.metrics import Metrics
 from router.normalize import Normalized
@@ -167,6 +168,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     prompt_estimate = norm.prompt_tokens
 
     fill = Fill.new(endpoint)
+    template = EventTemplate()
     # Resume bookkeeping, only with a resumer: the text relayed (one choice), whether it
     # finished or turned into tool calls; and, once resumed, the first part's id and created.
     said: list[str] | None = [] if resumer is not None else None
@@ -184,9 +186,9 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
 
     chunk_fix = adapter.openai_chunk
 
-    def shape(o: dict[str, Any]) -> bytes | None:
-        """One event as the client gets it; the per-chunk path, so exact-type checks
-        (orjson makes plain dicts and strs) and no calls that are not needed."""
+    def shape(o: dict[str, Any], raw: bytes) -> bytes | None:
+        """One event (`raw`, parsed into `o`) as the client gets it; the per-chunk path, so
+        exact-type checks (orjson makes plain dicts and strs) and no calls that are not needed."""
         nonlocal reported, estimate, same
         chunk_fix(endpoint, o, fill)
         if said is not None:
@@ -197,6 +199,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
         o["model"] = public
         o["provider"] = provider
         choices = o.get("choices")
+        text = None
         if type(choices) is list:
             for c in choices:
                 if type(c) is not dict:
@@ -223,7 +226,11 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                 if not choices:
                     return None
                 del o["usage"]
-        return b"data: " + dumps(o) + b"\n\n"
+            return b"data: " + dumps(o) + b"\n\n"
+        out = b"data: " + dumps(o) + b"\n\n"
+        if template.learns and text and type(text) is str and type(choices) is list and len(choices) == 1:
+            template.learn(raw, text, out)
+        return out
 
     def end_part() -> None:
         """The serving part's usage, where its vendor never reported it: what was surely used."""
@@ -244,12 +251,13 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     loop = asyncio.get_running_loop()
     try:
         first_obj: dict[str, Any] = opened.first
+        first_raw = opened.batch[0]
         rest: list[bytes] = opened.batch[1:]   # events that came in the same read
         while True:
             wd = Watchdog(loop.time() + idle)
             try:
                 async with wd:
-                    first_out = shape(first_obj)
+                    first_out = shape(first_obj, first_raw)
                     while True:
                         out = [first_out] if first_out else []
                         first_out = None
@@ -257,6 +265,14 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                             if data == b"[DONE]":
                                 done = True
                                 break
+                            mid = template.text(data)
+                            if mid is not None:   # shaped as bytes: see router/event_template.py
+                                if mid:
+                                    estimate += ((len(mid) if mid.isascii() else len(mid.decode())) + 3) // 4
+                                    if said is not None:
+                                        said.append(mid.decode())
+                                out.append(template.head + mid + template.tail)
+                                continue
                             try:
                                 obj = loads(data)
                             except orjson.JSONDecodeError:
@@ -267,7 +283,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                             if "error" in obj:
                                 failure = adapter.map_error(500, {}, data).error
                                 break
-                            chunk = shape(obj)
+                            chunk = shape(obj, data)
                             if chunk:
                                 out.append(chunk)
                         if out and done:
@@ -315,6 +331,8 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
             adapter, provider, resp = cand.target.adapter, cand.target.provider, nxt_part.resp
             idle, upstream = cand.target.idle_timeout_s, nxt_part.opened.upstream
             first_obj, rest = nxt_part.opened.first, nxt_part.opened.batch[1:]
+            first_raw = b""   # its role is taken out below: not a template for the events after it
+            template = EventTemplate()
             for c in first_obj.get("choices") or ():   # the client had the role already
                 if isinstance(c, dict) and isinstance(c.get("delta"), dict):
                     c["delta"].pop("role", None)

@@ -99,6 +99,26 @@ async def test_chat_stream_relays_deltas(kind, vendors, proxy):
     assert all(c.object == "chat.completion.chunk" for c in chunks)
 
 
+# Plain pieces the relay shapes as bytes, between pieces with quotes, escapes and characters
+# of every width that go the whole way: the client gets every character, in order.
+MIXED = 'plain words, "quoted", back\\slash, new\nline, tab\t, café, 😀, </script> and more plain words.'
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_stream_text_of_every_kind_arrives_exactly(kind, vendors, proxy):
+    vendors[kind].control.push(Reply(text=MIXED, chunks=24))
+    chat = await proxy.client().chat.completions.create(
+        model=f"via-{kind}", messages=[{"role": "user", "content": "hi"}], stream=True)
+    chunks = [c async for c in chat]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == MIXED
+    assert {c.model for c in chunks} == {f"via-{kind}"} and len({c.id for c in chunks}) == 1
+    vendors[kind].control.push(Reply(text=MIXED, chunks=24))
+    text = await proxy.client().completions.create(model=f"via-{kind}", prompt="hi", stream=True)
+    chunks = [c async for c in text]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == MIXED
+    assert {c.model for c in chunks} == {f"via-{kind}"} and len({c.id for c in chunks}) == 1
+
+
 ERRORS = [
     # (stand-in failure, openai exception, status, code)
     ("model_not_found", openai.NotFoundError, 404, "model_not_found"),
