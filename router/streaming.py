@@ -228,7 +228,9 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                 del o["usage"]
             return b"data: " + dumps(o) + b"\n\n"
         out = b"data: " + dumps(o) + b"\n\n"
-        if template.learns and text and type(text) is str and type(choices) is list and len(choices) == 1:
+        # a finished choice is the last of its stream: nothing after it to shape by template
+        if (template.learns and text and type(text) is str and type(choices) is list and len(choices) == 1
+                and not choices[0].get("finish_reason")):
             template.learn(raw, text, out)
         return out
 
