@@ -30,6 +30,9 @@ Cases:
   open1000   1,000 streams held open at once (the upstream sends one event per 100 ms):
              resident memory of each contender
   startup    seconds from launch to a first complete answer
+  instructions  instructions per request and per stream (callgrind; needs valgrind), with
+             their ratio to the relay's: a measure this machine's neighbours do not move
+             (tests/bench/instructions.py says what it leaves out)
   soak       --soak-seconds of steady load: resident memory and open descriptors after
              warm-up and at the end (the upstream keep-alive pool counted apart: its size is
              whatever the load's end left it)
@@ -65,6 +68,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import instructions  # noqa: E402  (tests/bench/instructions.py, beside this script)
 
 # The upstreams' canned answers, one module for both: the Python upstream imports it, the
 # benchmark runs it to write nginx's configuration.
@@ -489,7 +495,10 @@ def main() -> int:
     ap.add_argument("--cases", default="req,stream,lat1",
                     help="comma-separated cases: req (64 conns), stream (16 conns, 20 events), lat1 (1 conn), "
                          "stream256 (256 conns, events 10 ms apart), open1000 (1,000 slow streams: RSS), "
-                         "startup (launch to first answer), soak (see --soak-seconds)")
+                         "startup (launch to first answer), soak (see --soak-seconds), "
+                         "instructions (callgrind: instructions per request)")
+    ap.add_argument("--ir-requests", type=int, default=300,
+                    help="requests counted per contender in the instructions case, 8 at a time (default 300)")
     ap.add_argument("--soak-seconds", type=int, default=600, help="length of the soak case (default 600)")
     ap.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
     ap.add_argument("--cluster", action="store_true", help="add the router on a 3-node Redis Cluster")
@@ -644,6 +653,30 @@ def main() -> int:
                                   for _ in range(args.rounds))
                     extra.setdefault(name, {})["startup_s"] = secs
                     print(f"  startup   {name:14} first answer {secs:.2f} s after launch", flush=True)
+            elif case == "instructions":
+                if not instructions.available():
+                    print("instructions: needs valgrind (apt-get install valgrind)", file=sys.stderr)
+                    return 2
+                counted: dict[str, dict[str, float]] = {}
+                for up, stream in (("static", False), ("static-sse", True)):
+                    for name, (argv, env, _) in contenders(ups[up]).items():
+                        port = free_port()
+                        out = tmp / f"callgrind-{name}-{int(stream)}.out"
+                        cmd = pinned(0, instructions.wrap([a.replace("{port}", str(port)) for a in argv], out))
+                        with started(cmd, tmp / f"{name}-callgrind.log", env=env, cwd=tmp) as p:
+                            wait_port(port, p, 300)
+                            n = instructions.per_request(
+                                p.pid, out, f"http://127.0.0.1:{port}{path}", request_body(chat, stream),
+                                {"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+                                args.ir_requests, 8)
+                        counted.setdefault(name, {})["stream" if stream else "req"] = n
+                        print(f"  instructions {name:14} {'stream' if stream else 'request'}: {n / 1000:,.0f}k",
+                              flush=True)
+                relay = counted.get("relay")
+                for name, v in counted.items():
+                    extra.setdefault(name, {}).update(
+                        {f"ir_{k}_k": x / 1000 for k, x in v.items()} |
+                        ({f"ir_{k}_x_relay": relay[k] / x for k, x in v.items()} if relay else {}))
             elif case == "soak":
                 def soak(name: str, port: int, p: subprocess.Popen[bytes]) -> None:
                     if not name.startswith("router"):
