@@ -56,10 +56,12 @@ def payloads(events: bytes) -> list[bytes]:
 
 
 async def event_batches(reader: StreamReader) -> AsyncIterator[list[bytes]]:
-    """Yield, per network read, the payloads of the events that read completed."""
+    """Yield, per network read, the payloads of the events that read completed. While it
+    waits for the next read it keeps only an unfinished event: a held stream holds no more."""
     buf = b""
     async for chunk in reader.iter_any():
         buf += chunk
+        chunk = b""
         if b"\r" in buf:
             buf = buf.replace(b"\r\n", b"\n")
         end = buf.rfind(b"\n\n")
@@ -71,6 +73,7 @@ async def event_batches(reader: StreamReader) -> AsyncIterator[list[bytes]]:
         buf = buf[end + 2:]
         if batch:
             yield batch
+            batch = []
     tail = _payload(buf.strip(b"\n")) if buf.strip() else None
     if tail is not None:
         yield [tail]

@@ -255,11 +255,13 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
         first_obj: dict[str, Any] = opened.first
         first_raw = opened.batch[0]
         rest: list[bytes] = opened.batch[1:]   # events that came in the same read
+        opened.batch, opened.first = [], {}    # taken: a held stream keeps no read it has written
         while True:
             wd = Watchdog(loop.time() + idle)
             try:
                 async with wd:
                     first_out = shape(first_obj, first_raw)
+                    first_obj, first_raw = {}, b""
                     while True:
                         out = [first_out] if first_out else []
                         first_out = None
@@ -296,6 +298,10 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                             wd.phase = "upstream"
                         if done or failure is not None:
                             break
+                        # nothing of this read stays referenced while the stream waits for the next
+                        out = rest = []
+                        obj = nxt = chunk = mid = None
+                        data = b""
                         nxt = await anext(upstream, None)
                         if nxt is None:
                             break
@@ -333,6 +339,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
             adapter, provider, resp = cand.target.adapter, cand.target.provider, nxt_part.resp
             idle, upstream = cand.target.idle_timeout_s, nxt_part.opened.upstream
             first_obj, rest = nxt_part.opened.first, nxt_part.opened.batch[1:]
+            nxt_part.opened.batch, nxt_part.opened.first = [], {}
             first_raw = b""   # its role is taken out below: not a template for the events after it
             template = EventTemplate()
             for c in first_obj.get("choices") or ():   # the client had the role already

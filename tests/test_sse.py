@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 import aiohttp
@@ -77,3 +78,35 @@ async def test_an_endless_event_is_refused():
 ])
 def test_the_one_line_fast_path_reads_what_the_general_reader_reads(events):
     assert payloads(events) == general_payloads(events)
+
+
+async def test_a_reader_waiting_for_the_next_read_holds_nothing_it_handed_over():
+    """A stream held open for minutes keeps only an unfinished event, not its last read."""
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: {"c"')
+        await release.wait()
+        await resp.write(b': 3}\n\ndata: [DONE]\n\n')
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{runner.addresses[0][1]}/") as r:
+            batches = event_batches(r.content).__aiter__()
+            first = await anext(batches)
+            assert first == [b'{"a": 1}', b'{"b": 2}']
+            waiting = asyncio.ensure_future(anext(batches))
+            await asyncio.sleep(0.05)   # the reader now waits for the next read
+            assert not waiting.done()
+            assert sys.getrefcount(first) == 2, "the reader still holds the batch it handed over"
+            release.set()
+            assert await waiting == [b'{"c": 3}', b"[DONE]"]
+    finally:
+        await runner.cleanup()
