@@ -26,7 +26,7 @@ async def test_redis_outage_fails_open_without_500_and_limits_come_back(vendors,
                                 "api_key_env": key_env("openai")}},
            "models": {"m": {"targets": [{"provider": "up", "model": "m-1"}]},
                       "limited": {"limits": {"rpm": LIMIT}, "targets": [{"provider": "up", "model": "m-1"}]}}}
-    proxy = await start_proxy(doc, vendors=[vendors.openai], settings=ServeSettings(redis_url=server.url))
+    proxy = await start_proxy(doc, vendors=[vendors.openai], settings=ServeSettings(redis_url=server.url, redis_timeout_s=2.0))
     body = {"model": "m", "prompt": "hi", "max_tokens": 5}
     limited = {**body, "model": "limited"}
     seen: Counter[int] = Counter()

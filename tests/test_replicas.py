@@ -19,6 +19,7 @@ import yaml
 
 from providers.standins import Reply
 from tests.fixtures_proxy import key_env
+from tests.serving import PATIENT_REDIS_MS
 
 N = 10
 
@@ -45,7 +46,8 @@ async def start_replicas(tmp_path: Path, doc: dict, redis_url: str, vendor, coun
                          stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL):
     path = tmp_path / "routes.yaml"
     path.write_text(yaml.safe_dump(doc))
-    env = {**os.environ, "REDIS_URL": redis_url, key_env(vendor.kind): vendor.api_key, **(extra_env or {})}
+    env = {**os.environ, "REDIS_URL": redis_url, "ROUTER_REDIS_TIMEOUT_MS": PATIENT_REDIS_MS,
+           key_env(vendor.kind): vendor.api_key, **(extra_env or {})}
     procs, urls = [], []
     for _ in range(count):
         port = free_port()
