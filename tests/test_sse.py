@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import AsyncIterator
 
 import pytest
 import aiohttp
@@ -19,12 +21,16 @@ STREAM = ('data: {"a": "caf\u00e9"}\n\n'
 EXPECTED = [b'{"a": "caf\xc3\xa9"}', b'{"b": 1}', b"line one\nline two", b"[DONE]"]
 
 
-async def read_all(pieces: list[bytes]) -> list[list[bytes]]:
-    """Serve `pieces` as separate writes on a real loopback socket; read them as the relay does."""
+@contextlib.asynccontextmanager
+async def sse_from(pieces: list[bytes], pause: asyncio.Event | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
+    """An SSE answer on a real loopback socket, its `pieces` in separate writes (after the
+    first, waiting for `pause` to be set when there is one); the client's response to it."""
     async def handler(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for p in pieces:
+        for i, p in enumerate(pieces):
+            if i == 1 and pause is not None:
+                await pause.wait()
             await resp.write(p)
             await asyncio.sleep(0.001)   # a separate TCP segment, most of the time
         return resp
@@ -36,9 +42,17 @@ async def read_all(pieces: list[bytes]) -> list[list[bytes]]:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{runner.addresses[0][1]}/") as r:
-            return [batch async for batch in event_batches(r.content)]
+            yield r
     finally:
+        if pause is not None:
+            pause.set()   # a test that failed while the handler waited does not hold the cleanup
         await runner.cleanup()
+
+
+async def read_all(pieces: list[bytes]) -> list[list[bytes]]:
+    """Serve `pieces` as separate writes; read them as the relay does."""
+    async with sse_from(pieces) as r:
+        return [batch async for batch in event_batches(r.content)]
 
 
 @pytest.mark.parametrize("size", [1, 3, 7, 64, len(STREAM)])
@@ -83,30 +97,14 @@ def test_the_one_line_fast_path_reads_what_the_general_reader_reads(events):
 async def test_a_reader_waiting_for_the_next_read_holds_nothing_it_handed_over():
     """A stream held open for minutes keeps only an unfinished event, not its last read."""
     release = asyncio.Event()
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        await resp.write(b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: {"c"')
-        await release.wait()
-        await resp.write(b': 3}\n\ndata: [DONE]\n\n')
-        return resp
-
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{runner.addresses[0][1]}/") as r:
-            batches = event_batches(r.content).__aiter__()
-            first = await anext(batches)
-            assert first == [b'{"a": 1}', b'{"b": 2}']
-            waiting = asyncio.ensure_future(anext(batches))
-            await asyncio.sleep(0.05)   # the reader now waits for the next read
-            assert not waiting.done()
-            assert sys.getrefcount(first) == 2, "the reader still holds the batch it handed over"
-            release.set()
-            assert await waiting == [b'{"c": 3}', b"[DONE]"]
-    finally:
-        await runner.cleanup()
+    pieces = [b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: {"c"', b': 3}\n\ndata: [DONE]\n\n']
+    async with sse_from(pieces, release) as r:
+        batches = event_batches(r.content).__aiter__()
+        first = await anext(batches)
+        assert first == [b'{"a": 1}', b'{"b": 2}']
+        waiting = asyncio.ensure_future(anext(batches))
+        await asyncio.sleep(0.05)   # the reader now waits for the next read
+        assert not waiting.done()
+        assert sys.getrefcount(first) == 2, "the reader still holds the batch it handed over"
+        release.set()
+        assert await waiting == [b'{"c": 3}', b"[DONE]"]
