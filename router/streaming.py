@@ -226,6 +226,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                 if not choices:
                     return None
                 del o["usage"]
+            # never a template: a later event with these bytes must have its usage taken too
             return b"data: " + dumps(o) + b"\n\n"
         out = b"data: " + dumps(o) + b"\n\n"
         # a finished choice is the last of its stream: nothing after it to shape by template
