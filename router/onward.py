@@ -23,10 +23,11 @@ from router.health import CLOSED, TargetHealth
 from router.limits import LimitSpec
 from router.normalize import Normalized
 from router.state import TargetGrant
-from router.streaming import Opened, open_stream, read_body
+from router.streaming import Opened, open_stream
 from router.table import Target
 from router.watchdog import Watchdog
 from router.upstream import Upstream, UpstreamResponse
+from router.upstream_body import read_body
 
 NO_LIMITS = LimitSpec()
 

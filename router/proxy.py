@@ -34,10 +34,11 @@ from router.resume import Resumer, resumable
 from router.retry import retrying
 from router.split import payloads, split_attempt
 from router.state import Grant, SharedState, TargetGrant
-from router.streaming import MAX_ANSWER_BODY, open_stream, read_body, relay_stream
+from router.streaming import open_stream, relay_stream
 from router.table import Target
 from router.watchdog import Watchdog
 from router.upstream import Upstream, UpstreamResponse
+from router.upstream_body import MAX_ANSWER_BODY, read_body
 
 
 NO_LIMITS = LimitSpec()

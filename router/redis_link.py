@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from hiredis import pack_command
 
+from router.redis_availability import Availability
 from router.redis_client import REDIRECTS, ClusterNodes, is_cluster, make_client, run_pipeline
 from router.redis_commands import Command, Orphan, merge_settles
 from router.redis_resp import Packer, SettleOps
@@ -74,10 +74,7 @@ class RedisLink:
         self._sending: set[asyncio.Future[Any]] = set()  # batches under way, awaited at close
         self._posted = 0                    # batches written on the wire, replies not yet read
         self._pending: deque[Command] = deque(maxlen=settings.pending_settles)
-        self.up: bool | None = None  # None: not tried yet
-        self.reason = "not connected yet"
-        self._backoff, self._retry_at, self._up_since = settings.reconnect_min_s, 0.0, 0.0
-        self._probe_task: asyncio.Task[None] | None = None
+        self.availability = Availability(settings, metrics, self._probe)
         self._cluster_ready, self._init_lock = False, asyncio.Lock()
         self._wire: Wire | None = None
         creds = cluster_creds(url) if self.cluster else None
@@ -86,11 +83,11 @@ class RedisLink:
     # ---- calls ----------------------------------------------------------------------
     def available(self) -> bool:
         """Up (or never tried): use Redis. Down: fall back, and PING once the hold-off is over."""
-        if self.up is not False:
-            return True
-        if time.monotonic() >= self._retry_at and (self._probe_task is None or self._probe_task.done()):
-            self._probe_task = asyncio.get_running_loop().create_task(self._probe())
-        return False
+        return self.availability.available()
+
+    @property
+    def reason(self) -> str:
+        return self.availability.reason
 
     def packer(self, name: str, keys: Sequence[str], args: Sequence[str], slots: Sequence[int]) -> Packer:
         """`name`'s call with these keys and arguments, packed but for the arguments at `slots`."""
@@ -112,7 +109,7 @@ class RedisLink:
 
     def send(self, op: str, name: str, keys: Sequence[str], args: Sequence[str], replay: bool = False) -> None:
         """A call nobody waits for; with `replay` it is kept while Redis is down."""
-        if self.up is False:
+        if self.availability.up is False:
             if replay:
                 self._pending.append(Command(op, name, keys, args, None, None, True))
             self.available()
@@ -122,7 +119,7 @@ class RedisLink:
     def send_ops(self, op: str, ops: SettleOps) -> None:
         """Settle ops nobody waits for, in wire format; kept while Redis is down."""
         cmd = Command(op, "settle", None, None, None, None, True, ops=ops)
-        if self.up is False:
+        if self.availability.up is False:
             self._pending.append(cmd)
             self.available()
             return
@@ -261,7 +258,7 @@ class RedisLink:
         if failed is not None:
             self._failed([c for c, r in zip(batch, replies, strict=True) if isinstance(r, Exception)], failed)
         else:
-            self._mark_up()
+            self.availability.back()
         for cmd, reply in zip(batch, replies, strict=True):
             if isinstance(reply, Exception):
                 continue
@@ -315,36 +312,13 @@ class RedisLink:
     def _failed(self, batch: Sequence[Command], e: BaseException) -> None:
         if not isinstance(e, REDIS_ERRORS) and not type(e).__module__.startswith("redis."):
             log.error("unexpected error from redis during %s: %r", batch[0].op if batch else "?", e)
-        self._mark_down(batch[0].op if batch else "batch", e)
+        self.availability.down(batch[0].op if batch else "batch", e)
         for cmd in batch:
             if cmd.fut is not None and not cmd.fut.done():
                 cmd.fut.set_exception(Unavailable(cmd.op))
             if cmd.replay:
                 cmd.fut = None
                 self._pending.append(cmd)
-
-    # ---- down, hold-off, back -------------------------------------------------------
-    def _mark_down(self, op: str, e: BaseException) -> None:
-        if self._metrics is not None:
-            self._metrics.redis_errors.labels(op).inc()
-            self._metrics.redis_up.set(0)
-        self.reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        if self.up is not False:
-            mode = "admitting without limits" if self._s.fail_open else "refusing requests (fail closed)"
-            log.warning("redis down (%s during %s): %s, health on local state", self.reason, op, mode)
-            # down again soon after coming back (a flapping link, a Cluster still converging):
-            # keep the longer hold-off instead of starting over at the shortest
-            steady = time.monotonic() - self._up_since > self._s.reconnect_max_s
-            self.up, self._backoff = False, self._s.reconnect_min_s if steady else self._backoff
-            self._retry_at = time.monotonic() + self._backoff
-
-    def _mark_up(self) -> None:
-        if self.up is not True:
-            if self.up is False:
-                log.warning("redis is back: shared limits and health again")
-            self.up, self._up_since = True, time.monotonic()
-            if self._metrics is not None:
-                self._metrics.redis_up.set(1)
 
     async def ping(self) -> None:
         """Standalone: PING. Cluster: every primary answers and sees cluster_state:ok (a
@@ -372,9 +346,9 @@ class RedisLink:
         try:
             await self.ping()
         except Exception as e:
-            self._mark_down("ping", e)
+            self.availability.down("ping", e)
             return False
-        self._mark_up()
+        self.availability.back()
         return True
 
     async def _probe(self) -> None:
@@ -382,14 +356,10 @@ class RedisLink:
         try:
             await self.ping()
         except Exception as e:
-            if self._metrics is not None:
-                self._metrics.redis_errors.labels("ping").inc()
-            self.reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            self._backoff = min(self._s.reconnect_max_s, self._backoff * 2)
-            self._retry_at = time.monotonic() + self._backoff * random.uniform(0.8, 1.2)
+            self.availability.still_down(e)
             return
-        self._mark_up()
-        while self._pending and self.up:
+        self.availability.back()
+        while self._pending and self.availability.up:
             chunk = [self._pending.popleft() for _ in range(min(REPLAY_CHUNK, len(self._pending)))]
             try:
                 async with asyncio.timeout(self._s.redis_timeout_s):
@@ -403,9 +373,7 @@ class RedisLink:
                 return
 
     async def close(self) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
-            await asyncio.gather(self._probe_task, return_exceptions=True)
+        await self.availability.close()
         self._flush()
         if self._sending:
             await asyncio.wait(set(self._sending), timeout=self._s.redis_timeout_s * 2)

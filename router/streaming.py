@@ -39,8 +39,6 @@ loads, dumps = orjson.loads, orjson.dumps
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-# A whole non-stream answer larger than this is not an answer the proxy will hold.
-MAX_ANSWER_BODY = 64 * 1024 * 1024
 # What a stream may hold in the client's socket buffer before a write waits for the client;
 # with aiohttp's own 64 KiB write batch and the upstream reader's 128 KiB, a client that reads
 # slowly costs at most about 256 KiB per stream, plus the one event being read (MAX_EVENT_BYTES).
@@ -82,32 +80,6 @@ class Continuer(Protocol):
     async def next(self, said: str, failure_provider: str) -> Continued | None: ...
 
     def finish(self, broken: bool, gone: bool) -> None: ...
-
-
-async def read_body(resp: UpstreamResponse, provider: str, wd: Watchdog, hard: float, idle: float,
-                    cap: int, cut_ok: bool = False) -> bytes:
-    """A whole body under `wd`: silence longer than `idle` between reads (or passing `hard`)
-    ends it. Past `cap` bytes it is refused, or with `cut_ok` (an error body, whose status
-    says enough) cut short, as is an error body the connection cuts off."""
-    loop = wd.loop
-    wd.rearm(min(hard, loop.time() + idle))
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in resp.content.iter_any():
-            wd.when = min(hard, loop.time() + idle)
-            size += len(chunk)
-            if size > cap:
-                if not cut_ok:
-                    raise bad_upstream_body(provider, f"an answer over {cap} bytes")
-                chunks.append(chunk[:len(chunk) - (size - cap)])
-                resp.close()   # the rest is not wanted: do not leave it on a pooled connection
-                break
-            chunks.append(chunk)
-    except aiohttp.ClientError:
-        if not cut_ok:
-            raise
-    return b"".join(chunks)
 
 
 async def open_stream(adapter: Adapter, provider: str, resp: UpstreamResponse) -> Opened:
