@@ -23,7 +23,9 @@ session, return the answer (a stream is passed through as its bytes come: iter_a
 write).
 
 Cases:
-  req        non-stream, 64 connections: req/s, p50, p99, CPU per request (from /proc)
+  req        non-stream, 64 connections: req/s, p50, p99, CPU per request (from /proc),
+             and for the Redis contenders Redis's own CPU per request: what one Redis
+             shared by every replica can carry
   stream     20 SSE events back to back, 16 connections
   lat1       one connection: the added p50 and p99 over the upstream alone
   stream256  256 connections, events 10 ms apart as a model sends them: p99
@@ -566,14 +568,17 @@ def main() -> int:
             wait_port(port, p)
             ups[name] = port
         redis_urls: dict[str, str] = {}
+        redis_pids: dict[str, list[int]] = {}   # a contender's Redis processes: their CPU per request
         if not args.no_redis:
             url, procs = start_redis(tmp, False)
             stack.callback(terminate, procs)
             redis_urls["router+redis"] = url
+            redis_pids["router+redis"] = redis_pids["base+redis"] = [p.pid for p in procs]
         if args.cluster:
             url, cprocs = start_redis(tmp, True)
             stack.callback(terminate, cprocs)
             redis_urls["router+cluster"] = url
+            redis_pids["router+cluster"] = redis_pids["base+cluster"] = [p.pid for p in cprocs]
 
         def contenders(up: int) -> dict[str, tuple[list[str], dict[str, str], float]]:
             (tmp / f"routes-{up}.yaml").write_text(ROUTES % up)
@@ -629,12 +634,17 @@ def main() -> int:
                 probe(port, path, request_body(chat, stream), key, stream, 20, ups[up])
                 wrk(port, path, 1, conns, lua(up, stream))  # warm-up
                 quiet(p.pid)
-                cpu0 = cpu_seconds(p.pid)
+                shared = redis_pids.get(name, [])
+                cpu0, rcpu0 = cpu_seconds(p.pid), sum(map(cpu_seconds, shared))
                 r = wrk(port, path, args.seconds, conns, lua(up, stream))
                 r["cpu_ms"] = 1000 * (cpu_seconds(p.pid) - cpu0) / max(r["requests"], 1)
+                if shared:   # what the fleet's one Redis pays per request: its capacity
+                    time.sleep(0.05)   # the last settles
+                    r["redis_ms"] = 1000 * (sum(map(cpu_seconds, shared)) - rcpu0) / max(r["requests"], 1)
                 results.setdefault(case, {}).setdefault(name, []).append(r)
                 print(f"  {case:9} {name:14} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms"
-                      f"  cpu {r['cpu_ms']:.3f} ms/req  errors {r['non2xx'] + r['sockerr']:.0f}", flush=True)
+                      f"  cpu {r['cpu_ms']:.3f} ms/req" + (f"  redis {r['redis_ms']:.3f} ms/req" if shared else "")
+                      + f"  errors {r['non2xx'] + r['sockerr']:.0f}", flush=True)
             return fn
 
         plans = {"req": ("static", False, 64), "stream": ("static-sse", True, 16), "lat1": ("static", False, 1),
@@ -724,12 +734,15 @@ def report(results: dict[str, dict[str, list[dict[str, float]]]], extra: dict[st
     print(f"\nMedians of {rounds} round(s); each contender on core 0, upstream, Redis and wrk on core 1.")
     for case, by_name in results.items():
         base = by_name.get("relay")
-        print(f"\n{case}: {'':14} {'req/s':>8} {'x relay':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10} {'errors':>7}")
+        print(f"\n{case}: {'':14} {'req/s':>8} {'x relay':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>10} {'errors':>7}"
+              f" {'redis ms/req':>12}")
         for name, runs in by_name.items():
             rps, p50, p99 = (median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms"))
             cpu, errors = median(r["cpu_ms"] for r in runs), sum(r["non2xx"] + r["sockerr"] for r in runs)
             ratio = rps / median(r["rps"] for r in base) if base else float("nan")
-            print(f"  {name:20} {rps:8.0f} {ratio:7.2f}x {p50:8.2f} {p99:8.2f} {cpu:10.3f} {errors:7.0f}")
+            shared = [r["redis_ms"] for r in runs if "redis_ms" in r]
+            print(f"  {name:20} {rps:8.0f} {ratio:7.2f}x {p50:8.2f} {p99:8.2f} {cpu:10.3f} {errors:7.0f}"
+                  + (f" {median(shared):12.3f}" if shared else ""))
         if case == "lat1" and base and "upstream" in extra:
             up = extra["upstream"]
             b50 = median(r["p50_ms"] for r in base) - up["p50_ms"]
