@@ -24,16 +24,18 @@ _PLAIN = re.compile(rb'[^"\\\x00-\x1f]*').fullmatch
 # New templates a stream part may learn: enough for a first event that differs from the
 # rest, small enough that a vendor whose events never repeat costs nothing noticeable.
 LEARNS = 4
+NOTHING = 1 << 62   # a template's size before it learned anything
 
 
 class EventTemplate:
     """The bytes around one event's text, as the vendor sent them and as the client gets them."""
 
-    __slots__ = ("pre", "suf", "head", "tail", "size", "learns")
+    __slots__ = ("pre", "suf", "head", "tail", "start", "end", "size", "learns")
 
     def __init__(self) -> None:
         self.pre = self.suf = self.head = self.tail = b""
-        self.size = -1          # len(pre) + len(suf); -1: nothing learned yet
+        self.start = self.end = 0   # len(pre), len(suf)
+        self.size = NOTHING         # len(pre) + len(suf); no event is as long as NOTHING
         self.learns = LEARNS
 
     def learn(self, data: bytes, text: str, out: bytes) -> None:
@@ -51,14 +53,15 @@ class EventTemplate:
             return
         self.pre, self.suf = data[:i + 1], data[i + len(enc) - 1:]
         self.head, self.tail = out[:j + 1], out[j + len(enc) - 1:]
-        self.size = len(self.pre) + len(self.suf)
+        self.start, self.end = len(self.pre), len(self.suf)
+        self.size = self.start + self.end
 
     def text(self, data: bytes) -> bytes | None:
         """The text of `data` if it is the template's event but for a plain text, else None."""
-        size = self.size
-        if len(data) < size or size < 0 or not data.startswith(self.pre) or not data.endswith(self.suf):
+        n = len(data)
+        if n < self.size or not data.startswith(self.pre) or not data.endswith(self.suf):
             return None
-        mid = data[len(self.pre):len(data) - len(self.suf)]
+        mid = data[self.start:n - self.end]
         if _PLAIN(mid) is None:
             return None
         if not mid.isascii():

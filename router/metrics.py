@@ -186,6 +186,7 @@ class Metrics:
         self._circuit_seen: dict[str, str] = {}
         self._series: dict[tuple[str, str, str, str, bool, int], RequestSeries] = {}
         self._attempts: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._ttft: dict[tuple[str, str], Any] = {}
         # Series an alert watches with increase() must exist at 0 before their first event.
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
@@ -216,6 +217,13 @@ class Metrics:
         if series is None:
             series = self._attempts[(provider, outcome)] = (self.attempts.labels(provider, outcome),
                                                              self.upstream_duration.labels(provider, outcome))
+        return series
+
+    def ttft_series(self, model: str, provider: str) -> Any:
+        """The time-to-first-token histogram of one model and provider, looked up once per pair."""
+        series = self._ttft.get((model, provider))
+        if series is None:
+            series = self._ttft[(model, provider)] = self.ttft.labels(model, provider)
         return series
 
     def set_circuit(self, target: str, state: str) -> None:
