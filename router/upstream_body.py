@@ -17,12 +17,15 @@ async def read_body(resp: UpstreamResponse, provider: str, wd: Watchdog, hard: f
     """A whole body under `wd`: silence longer than `idle` between reads (or passing `hard`)
     ends it. Past `cap` bytes it is refused, or with `cut_ok` (an error body, whose status
     says enough) cut short, as is an error body the connection cuts off."""
+    content = resp.content
+    if content.is_eof() and content.total_bytes <= cap and content.exception() is None:
+        return content.read_nowait()   # all of it came with the headers: nothing to wait for
     loop = wd.loop
     wd.rearm(min(hard, loop.time() + idle))
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in content.iter_any():
             wd.when = min(hard, loop.time() + idle)
             size += len(chunk)
             if size > cap:
