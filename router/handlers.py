@@ -78,9 +78,12 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it passes `limit` (a chunked body has no length)."""
     if (request.content_length or 0) > limit:
         raise _too_large(limit)
+    content = request.content
+    if content.is_eof() and content.total_bytes <= limit and content.exception() is None:
+        return content.read_nowait()   # all of it came with the headers: nothing to wait for
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
+    async for chunk in content.iter_any():
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
