@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from router import openapi
+from router.bodies import arrived
 from router.candidates import check_output_ceiling, plan, target_ids
 from router.drain import DRAIN
 from router.edge import answer
@@ -79,8 +80,9 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     if (request.content_length or 0) > limit:
         raise _too_large(limit)
     content = request.content
-    if content.is_eof() and content.total_bytes <= limit and content.exception() is None:
-        return content.read_nowait()   # all of it came with the headers: nothing to wait for
+    whole = arrived(content, limit)
+    if whole is not None:
+        return whole
     chunks: list[bytes] = []
     size = 0
     async for chunk in content.iter_any():

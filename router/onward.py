@@ -16,6 +16,7 @@ import aiohttp
 
 from providers.failures import MAX_ERROR_BODY, stalled, transport_error
 from router.attempts import Attempts
+from router.bodies import read_body
 from router.candidates import Candidate
 from router.config import Hedge, Resume
 from router.exchange import Exchange
@@ -27,7 +28,6 @@ from router.streaming import Opened, open_stream
 from router.table import Target
 from router.watchdog import Watchdog
 from router.upstream import Upstream, UpstreamResponse
-from router.upstream_body import read_body
 
 NO_LIMITS = LimitSpec()
 

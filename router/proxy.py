@@ -21,6 +21,7 @@ from tenacity import RetryCallState
 from providers.base import Fill, Unsupported
 from providers.failures import (MAX_ERROR_BODY, Action, UpstreamError, bad_upstream_body, past_deadline, stalled,
                                 transport_error)
+from router.bodies import MAX_ANSWER_BODY, read_body
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
 from router.exchange import Exchange
@@ -38,7 +39,6 @@ from router.streaming import open_stream, relay_stream
 from router.table import Target
 from router.watchdog import Watchdog
 from router.upstream import Upstream, UpstreamResponse
-from router.upstream_body import MAX_ANSWER_BODY, read_body
 
 
 NO_LIMITS = LimitSpec()
