@@ -23,7 +23,7 @@ from providers.base import Adapter, Fill
 from providers.failures import bad_upstream_body, transport_error
 from router.candidates import Candidate
 from router.errors import UPSTREAM, RouterError
-from router.event_template import EventTemplate
+from router.event_template import BURST, EventTemplate
 from router.exchange import Exchange
 from router.metrics import Metrics
 from router.normalize import Normalized
@@ -238,12 +238,26 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                     while True:
                         out = [first_out] if first_out else []
                         first_out = None
-                        for data in rest:
+                        i, n = 0, len(rest)
+                        burst = n >= BURST   # at most one failed try per read: see EventTemplate.burst
+                        while i < n:
+                            data = rest[i]
+                            i += 1
                             if data == b"[DONE]":
                                 done = True
                                 break
                             mid = template.text(data)
                             if mid is not None:   # shaped as bytes: see router/event_template.py
+                                if burst and n - i >= BURST - 1:
+                                    run = template.burst(rest, i - 1)
+                                    if run is not None:
+                                        texts, tokens, i = run
+                                        estimate += tokens
+                                        if said is not None:
+                                            said.extend(map(bytes.decode, texts))
+                                        out += (template.head, template.between.join(texts), template.tail)
+                                        continue
+                                    burst = False
                                 if mid:
                                     estimate += ((len(mid) if mid.isascii() else len(mid.decode())) + 3) // 4
                                     if said is not None:
@@ -273,7 +287,8 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
                             break
                         # nothing of this read stays referenced while the stream waits for the next
                         out = rest = []
-                        obj = nxt = chunk = mid = None
+                        obj = nxt = chunk = mid = run = None
+                        texts = []
                         data = b""
                         nxt = await anext(upstream, None)
                         if nxt is None:

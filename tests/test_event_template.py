@@ -1,5 +1,6 @@
 """Stream events shaped as bytes from a template give exactly what parsing, patching and
-re-encoding gives, or decline: whatever the text, the vendor's JSON encoder or the event."""
+re-encoding gives, or decline: whatever the text, the vendor's JSON encoder or the event;
+a burst of them (one network read's events) gives what they give one by one."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import orjson
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from router.event_template import EventTemplate
+from router.event_template import BURST, EventTemplate
 
 Encoder = Callable[[Any], bytes]
 ENCODERS: dict[str, Encoder] = {
@@ -114,3 +115,75 @@ def test_a_stream_learns_a_bounded_number_of_templates():
     raw = orjson.dumps(chat_event("plain"))
     t.learn(raw, "plain", whole_way(raw))
     assert t.text(raw) is None, "past its learning budget a template learns nothing more"
+
+
+def one_by_one_tokens(texts: list[bytes]) -> int:
+    return sum((len(m.decode()) + 3) // 4 for m in texts)
+
+
+# Plain texts most of the time (so that bursts happen), anything now and then.
+TEXTS = st.one_of(st.text(alphabet=st.characters(blacklist_characters='"\\', blacklist_categories=("Cc", "Cs"))),
+                  st.text())
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(TEXTS, max_size=8), after=st.sampled_from([[], ["stop"], ["stop", "[DONE]"]]),
+       encoder=st.sampled_from(sorted(ENCODERS)), make=st.sampled_from([chat_event, text_event]))
+def test_a_burst_gives_what_its_events_give_one_by_one(texts, after, encoder, make):
+    enc = ENCODERS[encoder]
+    t = taught(enc(make("first words")), "first words")
+    batch = [enc(make(x)) for x in texts]
+    batch += [b"[DONE]" if a == "[DONE]" else enc(make("last", finish=a)) for a in after]
+    one = [t.text(raw) for raw in batch]
+    got = t.burst(batch, 0)
+    n = len(texts)   # what comes after them is never the template's: a finished choice, [DONE]
+    if n >= BURST and all(m is not None for m in one[:n]):
+        assert got is not None
+        cut, tokens, j = got
+        assert (cut, tokens, j) == (one[:n], one_by_one_tokens(one[:n]), n)
+        assert t.head + t.between.join(cut) + t.tail == b"".join(whole_way(raw) for raw in batch[:n])
+    elif got is not None:   # never more than one by one would take
+        cut, tokens, j = got
+        assert j >= BURST and all(m is not None for m in one[:j])
+        assert (cut, tokens) == (one[:j], one_by_one_tokens(one[:j]))
+
+
+def events(*texts: str) -> list[bytes]:
+    return [orjson.dumps(chat_event(x)) for x in texts]
+
+
+def burst_of(batch: list[bytes]) -> tuple[list[bytes], int, int] | None:
+    return taught(orjson.dumps(chat_event("first words")), "first words").burst(batch, 0)
+
+
+TEMPLATE = taught(orjson.dumps(chat_event("first words")), "first words")
+NOT_BURSTS = [
+    # (name, batch)
+    ("fewer_than_a_burst", events("a", "b")),
+    ("an_escaped_text_between", events("a", "x\ny", "b", "c")),
+    ("a_control_character_between", events("a", "b\x07", "c", "d")),
+    ("another_id_between", [*events("a"), *(e.replace(b"chatcmpl-7", b"chatcmpl-8") for e in events("b")), *events("c", "d")]),
+    ("an_extra_field_between", [*events("a"), orjson.dumps(chat_event("b", extra=1)), *events("c", "d")]),
+    ("a_character_split_across_two_events",
+     [*events("a"), *(e.replace(b"XX", b"\xc3") for e in events("XX")), *(e.replace(b"YY", b"\xa9") for e in events("YY")),
+      *events("d")]),
+    ("invalid_utf8_between", [*events("a", "b"), *(e.replace(b"ZZ", b"\xff") for e in events("ZZ")), *events("d")]),
+    ("a_template_closing_quote_doubling_as_its_opening", [*events("a"), TEMPLATE.pre + TEMPLATE.suf[1:], *events("c", "d")]),
+]
+
+
+@pytest.mark.parametrize(("name", "batch"), NOT_BURSTS, ids=[n for n, _ in NOT_BURSTS])
+def test_a_burst_with_an_event_the_template_cannot_vouch_for_is_not_taken(name, batch):
+    assert burst_of(batch) is None
+
+
+def test_a_burst_stops_before_a_finished_choice_and_done():
+    batch = [*events("a", "b", "c"), orjson.dumps(chat_event("d", finish="stop")), b"[DONE]"]
+    assert burst_of(batch) == ([b"a", b"b", b"c"], 3, 3)
+
+
+def test_a_burst_estimates_tokens_per_event_whatever_the_text_length():
+    texts = ["x" * 300, "é" * 5, "ab", "", "abcde"]
+    got = burst_of(events(*texts))
+    assert got is not None
+    assert got[1] == 75 + 2 + 1 + 0 + 2 == one_by_one_tokens([x.encode() for x in texts])
