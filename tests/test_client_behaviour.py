@@ -182,6 +182,42 @@ async def test_client_that_stops_reading_ends_the_request_and_frees_the_upstream
         sock.close()
 
 
+async def test_client_that_never_reads_a_stream_s_last_write_is_let_go(start_proxy, caplog):
+    """A stream's last events go out with [DONE] in one write at its end; one too large for
+    the socket's buffer, left unread, ends the request after the idle limit like any other."""
+    huge = b"data: " + orjson.dumps({"id": "c", "object": "text_completion", "created": 1, "model": "m",
+                                     "choices": [{"index": 0, "text": "y" * 6_000_000, "finish_reason": "stop"}]})
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(huge + b"\n\ndata: [DONE]\n\n")   # one event and [DONE]: one batch
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    proxy = await start_proxy({"providers": {"up": {"kind": "openai", "base_url": base}},
+                               "models": {"big": {"targets": [{"provider": "up", "model": "m"}]}},
+                               "settings": {"stream_idle_timeout_s": 1.5}})
+    caplog.set_level(logging.INFO, logger="router.access")
+    sock = await open_unread_stream(proxy.url)
+    try:
+        def ended() -> list[tuple[int, str]]:
+            return [(line["status"], line["error"]) for line in
+                    (orjson.loads(r.getMessage()) for r in caplog.records if r.name == "router.access")]
+        assert await wait_for(ended, 10), "the last write held the request"
+        assert ended() == [(499, "client_stalled")]
+        assert metric(proxy, "router_requests_in_flight") == 0
+    finally:
+        sock.close()
+        await runner.cleanup()
+
+
 async def test_abandoned_answer_the_vendor_had_begun_keeps_its_tpm_reservation(vendors, start_proxy, monkeypatch):
     monkeypatch.setenv("ROUTER_TEST_KEY_T", "sk-t")
     proxy = await start_proxy({"providers": providers_for([vendors.openai]),
