@@ -45,7 +45,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     ex = Exchange(request_id(request.headers.get("X-Request-Id")))
     request[EXCHANGE] = ex
     metrics = request.app[METRICS]
-    metrics.in_flight.inc()
+    metrics.in_flight_add(1)
     live = request.app[DRAIN].live
     live.add(ex)
     try:
@@ -72,7 +72,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
                                      type=SERVER, code="internal_error"))
     finally:
         live.discard(ex)
-        metrics.in_flight.dec()
+        metrics.in_flight_add(-1)
         if ex.endpoint:
             record(metrics, request.app[ACCESS_LOG], ex)
 
@@ -113,17 +113,17 @@ def record(metrics: Metrics, access_log: AccessLog, ex: Exchange) -> None:
     provider = ex.provider or "none"
     cost = ex.cost()
     m = metrics.request_series(ex.model, provider, ex.key, ex.endpoint, ex.stream, ex.status)
-    m.requests.inc()
-    m.duration.observe(total)
-    m.overhead.observe(max(0.0, total - ex.upstream_s))
+    m.requests(1)
+    m.duration(total)
+    m.overhead(max(0.0, total - ex.upstream_s))
     if ex.prompt_tokens or ex.completion_tokens:
-        m.prompt_tokens.inc(ex.prompt_tokens)
-        m.completion_tokens.inc(ex.completion_tokens)
+        m.prompt_tokens(ex.prompt_tokens)
+        m.completion_tokens(ex.completion_tokens)
         if ex.cached_tokens:
-            m.cached_tokens.inc(ex.cached_tokens)
+            m.cached_tokens(ex.cached_tokens)
     own_cost = cost - sum(p.cost() for p in ex.parts) if ex.parts else cost
     if own_cost > 0:
-        m.spend.inc(own_cost)
+        m.spend(own_cost)
     for part in ex.parts:   # a resumed stream: each part's tokens and spend on the provider that made them
         _count_part(metrics, ex, part.provider or "none", part.prompt_tokens, part.completion_tokens,
                     part.cached_tokens, part.cost())

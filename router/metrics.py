@@ -3,12 +3,21 @@
 Each app owns its own `CollectorRegistry` (no module-level state), so tests can run
 several proxies in one process. Label values are always bounded: a client key is known
 by its configured name, a model the config does not know is counted as `unknown`.
+
+A request touches about a dozen series. prometheus_client's `inc()` checks the metric and
+takes a lock on every call, and `observe()` walks the buckets in Python: together about a
+tenth of a request's instructions. The series a request touches are looked up once per
+label combination and updated through `adder` and `observer`, which go to the series'
+values directly; in one process the values have no lock (`LoopValue`): only the event
+loop's thread touches them. `tests/test_metrics_fast.py` holds the exposition to what
+prometheus_client's own calls give.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple
+from bisect import bisect_left
+from typing import Any, Callable, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import generate_latest
@@ -24,14 +33,67 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
+Add = Callable[[float], None]
+
+
 class RequestSeries(NamedTuple):
-    requests: Any
-    duration: Any
-    overhead: Any
-    prompt_tokens: Any
-    completion_tokens: Any
-    cached_tokens: Any
-    spend: Any
+    """What one finished request adds to (counters) and observes (histograms)."""
+
+    requests: Add
+    duration: Add
+    overhead: Add
+    prompt_tokens: Add
+    completion_tokens: Add
+    cached_tokens: Add
+    spend: Add
+
+
+class LoopValue:
+    """A series' value for a proxy in one process: prometheus_client's default takes a lock
+    on every update, and here only the event loop's thread updates or reads one."""
+
+    _multiprocess = False
+    __slots__ = ("_value", "_exemplar")
+
+    def __init__(self, typ: str, metric_name: str, name: str, labelnames: Any, labelvalues: Any,
+                 help_text: str, **kwargs: Any) -> None:
+        self._value = 0.0
+        self._exemplar: Any = None
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        self._exemplar = exemplar
+
+    def get(self) -> float:
+        return self._value
+
+    def get_exemplar(self) -> Any:
+        return self._exemplar
+
+
+def adder(series: Any) -> Add:
+    """`series.inc` without its per-call checks: the value's own inc (a labelled series is
+    always observable, and what the proxy adds is never negative)."""
+    inc = getattr(getattr(series, "_value", None), "inc", None)
+    return inc if callable(inc) else series.inc  # type: ignore[no-any-return]
+
+
+def observer(series: Any) -> Add:
+    """`series.observe` as one bisect and two increments."""
+    try:
+        bounds, buckets, total = list(series._upper_bounds), list(series._buckets), series._sum
+    except AttributeError:
+        return series.observe   # type: ignore[no-any-return]
+
+    def observe(amount: float) -> None:
+        buckets[bisect_left(bounds, amount)].inc(1)
+        total.inc(amount)
+    return observe
 
 
 class Metrics:
@@ -43,6 +105,8 @@ class Metrics:
         self._shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if self._shared_dir:
             values.ValueClass = values.MultiProcessValue()
+        else:
+            values.ValueClass = LoopValue
         r = self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "router_requests_total",
@@ -183,10 +247,11 @@ class Metrics:
             multiprocess_mode="livemin",
         )
 
+        self.in_flight_add = adder(self.in_flight)
         self._circuit_seen: dict[str, str] = {}
         self._series: dict[tuple[str, str, str, str, bool, int], RequestSeries] = {}
-        self._attempts: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._ttft: dict[tuple[str, str], Any] = {}
+        self._attempts: dict[tuple[str, str], tuple[Add, Add]] = {}
+        self._ttft: dict[tuple[str, str], Add] = {}
         # Series an alert watches with increase() must exist at 0 before their first event.
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
@@ -200,30 +265,30 @@ class Metrics:
         if series is None:
             s = "true" if stream else "false"
             series = self._series[ident] = RequestSeries(
-                self.requests.labels(model, provider, key, endpoint, s, f"{status // 100}xx"),
-                self.request_duration.labels(model, provider, endpoint, s),
-                self.overhead.labels(endpoint, s),
-                self.tokens.labels(model, provider, key, "prompt"),
-                self.tokens.labels(model, provider, key, "completion"),
-                self.tokens.labels(model, provider, key, "cached"),
-                self.spend.labels(key, model, provider),
+                adder(self.requests.labels(model, provider, key, endpoint, s, f"{status // 100}xx")),
+                observer(self.request_duration.labels(model, provider, endpoint, s)),
+                observer(self.overhead.labels(endpoint, s)),
+                adder(self.tokens.labels(model, provider, key, "prompt")),
+                adder(self.tokens.labels(model, provider, key, "completion")),
+                adder(self.tokens.labels(model, provider, key, "cached")),
+                adder(self.spend.labels(key, model, provider)),
             )
         return series
 
-    def attempt_series(self, provider: str, outcome: str) -> tuple[Any, Any]:
-        """(attempts counter, upstream duration histogram) of one provider and outcome, looked
-        up once per pair, as request_series."""
+    def attempt_series(self, provider: str, outcome: str) -> tuple[Add, Add]:
+        """(add to the attempts counter, observe the upstream duration) of one provider and
+        outcome, looked up once per pair, as request_series."""
         series = self._attempts.get((provider, outcome))
         if series is None:
-            series = self._attempts[(provider, outcome)] = (self.attempts.labels(provider, outcome),
-                                                             self.upstream_duration.labels(provider, outcome))
+            series = self._attempts[(provider, outcome)] = (
+                adder(self.attempts.labels(provider, outcome)), observer(self.upstream_duration.labels(provider, outcome)))
         return series
 
-    def ttft_series(self, model: str, provider: str) -> Any:
-        """The time-to-first-token histogram of one model and provider, looked up once per pair."""
+    def ttft_series(self, model: str, provider: str) -> Add:
+        """Observe the time to first token of one model and provider, looked up once per pair."""
         series = self._ttft.get((model, provider))
         if series is None:
-            series = self._ttft[(model, provider)] = self.ttft.labels(model, provider)
+            series = self._ttft[(model, provider)] = observer(self.ttft.labels(model, provider))
         return series
 
     def set_circuit(self, target: str, state: str) -> None:

@@ -322,11 +322,11 @@ class Proxy:
         ex.upstream_s += elapsed
         if outcome is None:
             # Cancelled (the client left) or a bug: the upstream earned no verdict either way.
-            self.metrics.attempt_series(target.provider, "aborted")[0].inc()
+            self.metrics.attempt_series(target.provider, "aborted")[0](1)
             return
         attempts, duration = self.metrics.attempt_series(target.provider, outcome)
-        attempts.inc()
-        duration.observe(elapsed)
+        attempts(1)
+        duration(elapsed)
         if outcome == "ok":
             ex.healthy.append((target.id, elapsed))   # recorded when the request settles
             ex.judged.add(target.id)

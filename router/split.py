@@ -192,7 +192,7 @@ async def _stream(proxy: Attempts, request: web.Request, ex: Exchange, norm: Nor
         ex.stamp(response)
         await response.prepare(request)
         ex.ttft_s = first_at - ex.started
-        proxy.metrics.ttft_series(public, provider).observe(ex.ttft_s)
+        proxy.metrics.ttft_series(public, provider)(ex.ttft_s)
 
         # Bounded, so a slow client slows the upstream reads down, as a single relayed stream does.
         queue: asyncio.Queue[tuple[_Part, list[bytes] | BaseException | None]] = asyncio.Queue(2 * len(parts))

@@ -134,7 +134,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
     if request.transport is not None:
         request.transport.set_write_buffer_limits(high=CLIENT_BUFFER_BYTES)
     ex.ttft_s = first_at - ex.started
-    metrics.ttft_series(public, provider).observe(ex.ttft_s)
+    metrics.ttft_series(public, provider)(ex.ttft_s)
     reported = False
     estimate = 0   # completion tokens relayed, estimated from their text: charged if usage never comes
     prompt_estimate = norm.prompt_tokens
