@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 import time
+from typing import Any
 
 import aiohttp
 import orjson
@@ -129,6 +130,13 @@ async def firehose(start_proxy):
             state["closed"].set()
             raise
 
+    proxy, runner = await in_front_of(start_proxy, handler)
+    yield proxy, state
+    await runner.cleanup()
+
+
+async def in_front_of(start_proxy, handler) -> tuple[Any, web.AppRunner]:
+    """A proxy whose model `big` is served by `handler` (a raw upstream), with a 1.5 s idle limit."""
     app = web.Application()
     app.router.add_post("/v1/completions", handler)
     runner = web.AppRunner(app, handler_cancellation=True)
@@ -138,8 +146,7 @@ async def firehose(start_proxy):
     proxy = await start_proxy({"providers": {"up": {"kind": "openai", "base_url": base}},
                                "models": {"big": {"targets": [{"provider": "up", "model": "m"}]}},
                                "settings": {"stream_idle_timeout_s": 1.5}})
-    yield proxy, state
-    await runner.cleanup()
+    return proxy, runner
 
 
 async def open_unread_stream(url: str) -> socket.socket:
@@ -195,15 +202,7 @@ async def test_client_that_never_reads_a_stream_s_last_write_is_let_go(start_pro
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_post("/v1/completions", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
-    proxy = await start_proxy({"providers": {"up": {"kind": "openai", "base_url": base}},
-                               "models": {"big": {"targets": [{"provider": "up", "model": "m"}]}},
-                               "settings": {"stream_idle_timeout_s": 1.5}})
+    proxy, runner = await in_front_of(start_proxy, handler)
     caplog.set_level(logging.INFO, logger="router.access")
     sock = await open_unread_stream(proxy.url)
     try:
