@@ -47,10 +47,12 @@ def general_payloads(events: bytes) -> list[bytes]:
 
 def payloads(events: bytes) -> list[bytes]:
     """general_payloads, fast where every event is one `data: ` line, as vendors send them:
-    one split instead of a call per event. Any other line shows in the count of newlines."""
+    one split instead of a call per event. Any other line leaves a newline in a payload
+    (looked for in the payloads joined: a search by memchr, where counting the newlines
+    went byte by byte)."""
     if events.startswith(b"data: "):
         batch = events[6:].split(b"\n\ndata: ")
-        if events.count(b"\n") == 2 * (len(batch) - 1):
+        if b"\n" not in b"".join(batch):
             return batch
     return general_payloads(events)
 
