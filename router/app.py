@@ -59,7 +59,8 @@ async def _shared_state(app: web.Application) -> AsyncIterator[None]:
     """Limits and health: Redis when REDIS_URL is set, else this process alone."""
     settings = app[SETTINGS]
     state_settings = StateSettings(fail_open=settings.fail_open, redis_timeout_s=settings.redis_timeout_s,
-                                   concurrency_lease_s=settings.concurrency_lease_s)
+                                   concurrency_lease_s=settings.concurrency_lease_s,
+                                   admit_ahead=settings.admit_ahead, admit_ahead_s=settings.admit_ahead_s)
     state = create_state(settings.redis_url, state_settings, app[METRICS])
     app[STATE] = state
     yield

@@ -8,10 +8,10 @@ keeping one scope's counters on one Cluster slot.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from router.health import BUCKETS
-from router.limits import BUDGET_KINDS, CONCURRENT, DAILY_USD, RPM, TPM, WINDOW_S, Check
+from router.limits import BUDGET_KINDS, CONCURRENT, DAILY_USD, RPM, TPM, WINDOW_S, Check, Usage
 from router.redis_resp import Packer, bulk, bulks, hash_tag
 from router.state import StateSettings
 
@@ -32,6 +32,9 @@ def esc(name: str) -> str:
     return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
+AHEAD_AT = 10   # where an admit's `ahead` (ms) and then its count go in its arguments (after now and rid)
+
+
 class Call:
     """One admit script of a plan: its keys, fixed arguments, where tpm amounts go, and the
     call packed but for what varies per request (time, reservation id, tpm amounts)."""
@@ -40,6 +43,17 @@ class Call:
 
     def __init__(self, idx: list[int], keys: list[str], args: list[str], tpm_at: list[int], packer: Packer) -> None:
         self.idx, self.keys, self.args, self.tpm_at, self.packer = idx, keys, args, tpm_at, packer
+
+
+class Ran(NamedTuple):
+    """What an admitted plan's calls answered: each check's usage (rpm and tpm, for the
+    headers) and what it has left, the targets' health summaries, the probe claim, Redis's time."""
+
+    usages: list[Usage | None]
+    lefts: list[int]
+    summaries: list[Any]
+    claimed: int
+    now: float | None
 
 
 class Plan:
@@ -115,7 +129,7 @@ class Planner:
             groups, tails = ([list(range(len(checks)))], [health]) if checks or health else ([], [])
         calls = []
         for idx, tail in zip(groups, tails, strict=True):
-            args = [*self._fixed, str(len(idx)), "1" if probing else "0", *self._breaker]
+            args = [*self._fixed, str(len(idx)), "1" if probing else "0", *self._breaker, "0", "1"]
             tpm_at = []
             for i in idx:
                 c = checks[i]

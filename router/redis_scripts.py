@@ -11,6 +11,9 @@ from router.health import BUCKETS
 # Replays come once Redis answers again (the link retries every 15 s at most); a marker per
 # request kept for days would hold millions of keys on a busy proxy.
 PAID_TTL_MS = 600_000
+# The longest an admission taken ahead may live (its entries are stamped that far ahead at
+# most): an rpm key outlives its last admit by a window and this, so no entry dies early.
+AHEAD_MAX_MS = 10_000
 
 
 def _lua_list(names: list[str], zero: bool = False) -> str:
@@ -158,14 +161,17 @@ return {before, after}
 # KEYS: each check's keys (tpm and rpmt: time zset + amounts hash + ledger zset; others one), then
 # health hashes (or the one to claim a probe on). ARGV: now ('' = Redis's own TIME, so every
 # replica's windows share one clock), rid, window ms, lease ms, #checks, probe mode, cooldown,
-# probes, error bucket width s, #buckets, then kind/limit/amount per check.
+# probes, error bucket width s, #buckets, ahead ms, count, then kind/limit/amount per check.
+# For admissions taken ahead (redis_ahead.py): `ahead` stamps the rpm and tpm entries that
+# much after now, so one used at any moment of its life stays counted a whole window after
+# its use; `count` > 1 takes that many at once, all or none, reservation ids rid.1 .. rid.count.
 # Returns {1, {remaining, reset_ms}*, {summary}*, probe, now} or {0, check# (0: probe), retry_ms, reset_ms}.
 # tpm's ledger scores each entry by the running total reserved before it, so the moment
 # enough tokens leave the window is one range lookup (O(log n)), not a walk of the window;
 # it counts reserved amounts, so after settles shrank them the retry hint may come early.
 # 'rpmt' is an rpm whose scope has a tpm too: the tpm's time zset holds the same entries (one
 # per reservation, at its admit time), so the rpm counts them there and the tpm charges them.
-LUA_ADMIT = """
+LUA_ADMIT = f"local AHEAD_MAX_MS = {AHEAD_MAX_MS}\n" + """
 local nows, rid = clock(ARGV[1]), ARGV[2]
 local now, win_ms, lease_ms, n = tonumber(nows), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local probing, cooldown, probes = ARGV[6] == '1', tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -173,6 +179,10 @@ local width, nb, W = tonumber(ARGV[9]), tonumber(ARGV[10]), win_ms / 1000
 local cur = math.floor(now / width)
 local cutoff = string.format('%.6f', now - W)
 local lease = string.format('%.6f', now + lease_ms / 1000)
+local stamp = ARGV[11] == '0' and nows or string.format('%.6f', now + tonumber(ARGV[11]) / 1000)
+local count = tonumber(ARGV[12])
+local rids = {rid}
+if count > 1 then for i = 1, count do rids[i] = rid .. '.' .. i end end
 local pruned = {}
 local function used_tokens(z, h, l)
   local v = tpm_get(h)
@@ -220,9 +230,9 @@ local function retry_ms(kind, z, l, used, amount, limit)
   if not t then return win_ms end
   return until_ms(t)
 end
-local plan, ki, ai = {}, 1, 11
+local plan, ki, ai = {}, 1, 13
 for c = 1, n do
-  local kind, limit, amount = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+  local kind, limit, amount = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2]) * count
   ai = ai + 3
   local z, h, l = KEYS[ki], false, false
   ki = ki + 1
@@ -252,28 +262,40 @@ for c = 1, n do
 end
 if probing and probe(KEYS[ki], nows, cooldown, probes, false) == 0 then return {0, 0, 0, 0} end
 local usages = {}
+local function entries(score)   -- ZADD's score/member pairs, one per reservation
+  local out = {}
+  for i = 1, count do out[2 * i - 1], out[2 * i] = score, rids[i] end
+  return out
+end
 for c = 1, n do
   local kind, z, h, l, amount, left = unpack(plan[c])
   if kind == 'rpm' or kind == 'tpm' then
-    redis.call('ZADD', z, nows, rid)
+    redis.call('ZADD', z, unpack(entries(stamp)))
     if kind == 'tpm' then
-      local v = tpm_get(h)
-      redis.call('ZADD', l, v[2], rid)
+      local v, each = tpm_get(h), amount / count
+      local ledger, fields = {}, {}
+      for i = 1, count do   -- each in the ledger at the running total before it
+        ledger[2 * i - 1], ledger[2 * i] = v[2] + (i - 1) * each, rids[i]
+        fields[2 * i - 1], fields[2 * i] = rids[i], each
+      end
+      redis.call('ZADD', l, unpack(ledger))
       v[1], v[2] = v[1] + amount, v[2] + amount
+      fields[#fields + 1], fields[#fields + 2], fields[#fields + 3], fields[#fields + 4] = '_', v[1], '#', v[2]
       if now - v[3] > W / 2 then
         v[3] = now
-        redis.call('HSET', h, rid, amount, '_', v[1], '#', v[2], '@', nows)
+        fields[#fields + 1], fields[#fields + 2] = '@', nows
+        redis.call('HSET', h, unpack(fields))
         redis.call('PEXPIRE', z, 2 * win_ms)
         redis.call('PEXPIRE', h, 2 * win_ms)
         redis.call('PEXPIRE', l, 2 * win_ms)
       else
-        redis.call('HSET', h, rid, amount, '_', v[1], '#', v[2])
+        redis.call('HSET', h, unpack(fields))
       end
     else
-      redis.call('PEXPIRE', z, ARGV[3])
+      redis.call('PEXPIRE', z, win_ms + AHEAD_MAX_MS)
     end
   elseif kind == 'concurrent' then
-    redis.call('ZADD', z, lease, rid)
+    redis.call('ZADD', z, unpack(entries(lease)))
     redis.call('PEXPIRE', z, ARGV[4])
   end
 end

@@ -38,7 +38,8 @@ from router.limits import (
 from router.memory_state import MemoryState
 from router.redis_commands import SharedReads
 from router.redis_link import RedisLink, Unavailable
-from router.redis_plans import REFUND, RENEW, SLOTS, TOKENS, Plan, Planner
+from router.redis_ahead import AheadAdmits, ahead_rids
+from router.redis_plans import AHEAD_AT, REFUND, RENEW, SLOTS, TOKENS, Plan, Planner, Ran
 from router.redis_resp import SettleOps, bulk
 from router.redis_scripts import LUA_ADMIT, LUA_FIELDS, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE, LUA_TPM
 from router.redis_settles import Settles, ok_ops
@@ -83,22 +84,29 @@ class RedisState:
         self._record_args = [repr(s.ewma_alpha), str(s.failure_threshold), repr(s.error_rate_threshold),
                              str(s.min_samples), repr(s.cooldown_s), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
         self._settle_head = [repr(s.ewma_alpha), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
+        self._ahead = AheadAdmits(s.admit_ahead, s.admit_ahead_s, settings.clock or time.monotonic, self._rid,
+                                  self._run, self._views, self._refund) if s.admit_ahead else None
+        self._link.hold_loose = self._ahead is not None
 
     # ---- running checks -----------------------------------------------------------------
     def _now(self) -> str:
         """The time a script runs at: '' lets Redis use its own clock."""
         return "" if self._s.redis_clock else f"{self._clock():.6f}"
 
-    async def _run(self, plan: Plan, rid: str, tokens: int) -> tuple[list[Usage | None], list[Any], int, float | None]:
-        """Every call of a plan in this iteration's batch. Returns usages, health summaries,
-        the probe claim and Redis's time; raises LimitExceeded, _ProbeRefused or Unavailable."""
+    async def _run(self, plan: Plan, rid: str, tokens: int, ahead: str = "", count: int = 1) -> Ran:
+        """Every call of a plan in this iteration's batch. Admissions taken ahead stamp their
+        window entries `ahead` ms late and come `count` at a time (ids: ahead_rids). Raises
+        LimitExceeded, _ProbeRefused or Unavailable."""
         now, tok = self._now(), str(max(0, tokens))
         futs = []
         for j, call in enumerate(plan.calls):
             args = [now, rid, *call.args]
             for at in call.tpm_at:
                 args[at + 2] = tok
-            futs.append(self._link.call("admit", "admit", call.keys, args, self._orphan(plan, j, rid), packer=call.packer))
+            if ahead:
+                args[AHEAD_AT:AHEAD_AT + 2] = ahead, str(count)
+            futs.append(self._link.call("admit", "admit", call.keys, args, self._orphan(plan, j, rid, count),
+                                        packer=None if ahead else call.packer))
         health = [now, self._width, str(BUCKETS)]
         futs += [self._health_reads.get(f"{k} {now}", partial(self._link.call, "health", "health", [k], health))
                  for k in plan.health]
@@ -108,7 +116,7 @@ class RedisState:
         refused = [(call.idx[int(r[1]) - 1] if int(r[1]) else -1, r) for call, r in zip(plan.calls, admits, strict=True)
                    if not isinstance(r, BaseException) and int(r[0]) == 0]
         if failed is not None or refused:
-            self._refund_taken(plan, admits, rid)
+            self._refund_taken(plan, admits, rid, count)
             if failed is not None:
                 raise failed
             i, r = min(refused, key=lambda x: x[0])
@@ -120,29 +128,35 @@ class RedisState:
             retry = (to_day if c.kind == DAILY_USD else to_month) if int(r[2]) < 0 else int(r[2]) / 1000
             raise LimitExceeded(c, retry, Usage(c.limit, 0, int(r[3]) / 1000) if c.kind in (RPM, TPM) else None)
         usages: list[Usage | None] = [None] * len(plan.checks)
+        lefts = [0] * len(plan.checks)
         for call, r in zip(plan.calls, admits, strict=True):
             for i, (left, reset) in zip(call.idx, r[1], strict=True):
+                lefts[i] = int(left)
                 if plan.checks[i].kind in (RPM, TPM):
-                    usages[i] = Usage(plan.checks[i].limit, int(left), int(reset) / 1000)
+                    usages[i] = Usage(plan.checks[i].limit, lefts[i], int(reset) / 1000)
         last: Any = admits[-1] if admits else None
         summaries = list(last[2]) if last is not None and not plan.health else [r[1][0] for r in replies[len(plan.calls):]]
         stamp = admits[-1][4] if admits else (replies[-1][0] if replies else None)
-        return usages, summaries, int(last[3]) if last is not None else 0, float(stamp) if stamp else None
+        return Ran(usages, lefts, summaries, int(last[3]) if last is not None else 0, float(stamp) if stamp else None)
 
-    def _refund_taken(self, plan: Plan, replies: Sequence[Any], rid: str) -> None:
+    def _refund_taken(self, plan: Plan, replies: Sequence[Any], rid: str, count: int) -> None:
         """Cluster: give back what the tags that admitted took when another refused or failed."""
         taken = [j for j, r in enumerate(replies) if not isinstance(r, BaseException) and int(r[0])]
+        if taken:
+            self._refund(plan, ahead_rids(rid, count), taken)
+
+    def _refund(self, plan: Plan, rids: Sequence[str], calls: Sequence[int] | None = None) -> None:
+        """Give back all these reservations took (of these script calls only, if given)."""
         settles = self._settles()
-        settles.plan(plan, rid, REFUND, _REFUND, calls=taken)
+        for rid in rids:
+            settles.plan(plan, rid, REFUND, _REFUND, calls=calls)
         self._send(settles)
 
-    def _orphan(self, plan: Plan, call: int, rid: str) -> Any:
+    def _orphan(self, plan: Plan, call: int, rid: str, count: int) -> Any:
         """What to do with an admit whose caller left before its reply: undo it."""
         def undo(reply: Any) -> None:
             if int(reply[0]):
-                settles = self._settles()
-                settles.plan(plan, rid, REFUND, _REFUND, calls=[call])
-                self._send(settles)
+                self._refund(plan, ahead_rids(rid, count), [call])
                 if int(reply[3]) == 2 and plan.calls and plan.calls[-1].keys:  # a probe slot it claimed
                     self._link.send("record", "record", [plan.calls[-1].keys[-1]],
                                     self._record_argv(None, None, False, True))
@@ -165,10 +179,13 @@ class RedisState:
         tokens = max(0, adm.tokens)
         if not plan.calls and not plan.health:
             return Grant({}, rid, adm.key, (), tokens, "redis", plan=plan), {}
+        if self._ahead is not None and (ticket := self._ahead.take(key, tokens)) is not None:
+            return Grant(headers_for(plan.checks, ticket.usages), ticket.rid, adm.key, plan.checks, ticket.tokens,
+                         "redis", plan=plan), ticket.views
         undo = False
         if self._link.available():
             try:
-                usages, summaries, _, now = await self._run(plan, rid, tokens)
+                ran = await self._run(plan, rid, tokens)
             except LimitExceeded as e:
                 count_rejection(self._metrics, e.check)
                 raise
@@ -177,8 +194,11 @@ class RedisState:
                 # slot (removing an absent one is a no-op), or the key stays locked for a lease.
                 undo = True
             else:
-                grant = Grant(headers_for(plan.checks, usages), rid, adm.key, plan.checks, tokens, "redis", plan=plan)
-                return grant, self._views(ids, summaries, now)
+                grant = Grant(headers_for(plan.checks, ran.usages), rid, adm.key, plan.checks, tokens, "redis", plan=plan)
+                views = self._views(ids, ran.summaries, ran.now)
+                if self._ahead is not None:
+                    self._ahead.offer(key, plan, ids, tokens, ran.lefts, views)
+                return grant, views
         slots = tuple(c for c in plan.checks if c.kind == CONCURRENT) if undo else ()
         if plan.checks and not self._s.fail_open:
             if slots:
@@ -196,7 +216,7 @@ class RedisState:
                             (target_id,), True, day, month)
         if self._link.available():
             try:
-                usages, _, claimed, _ = await self._run(plan, rid, tokens)
+                ran = await self._run(plan, rid, tokens)
             except LimitExceeded as e:
                 count_rejection(self._metrics, e.check)
                 return None
@@ -205,8 +225,8 @@ class RedisState:
             except Unavailable:
                 pass
             else:
-                return TargetGrant(target_id, rid, plan.checks, max(0, tokens), claimed == 2, "redis",
-                                   headers_for(plan.checks, usages), plan=plan)
+                return TargetGrant(target_id, rid, plan.checks, max(0, tokens), ran.claimed == 2, "redis",
+                                   headers_for(plan.checks, ran.usages), plan=plan)
         if not self._s.fail_open:
             return None
         return await self._local.reserve_target(target_id, LimitSpec(), tokens)
@@ -293,6 +313,8 @@ class RedisState:
 
     def _record(self, target_id: str, ok: bool | None, latency_s: float | None, stream: bool,
                 probe: bool) -> asyncio.Future[Any] | None:
+        if ok is False and self._ahead is not None:
+            self._ahead.gen += 1   # the health its tickets came with may be stale now
         if not self._link.available():
             self._local.record_soon(target_id, ok, latency_s, stream, probe)
             return None
@@ -341,4 +363,6 @@ class RedisState:
         return self._s.fail_open, f"redis down: {self._link.reason}, {mode}"
 
     async def close(self) -> None:
+        if self._ahead is not None:
+            await self._ahead.close(2 * self._s.redis_timeout_s)
         await self._link.close()

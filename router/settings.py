@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from router.redis_scripts import AHEAD_MAX_MS
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -21,6 +23,8 @@ class ServeSettings:
     shutdown_grace_s: float = 60.0  # SIGTERM: how long requests in flight get to finish
     concurrency_lease_s: float = 600.0  # a concurrency slot's lease; running requests renew theirs
     upstream_connections: int = 2048    # per vendor origin in use at once; a call past it waits for one
+    admit_ahead: int = 0                # Redis: admissions taken ahead per busy combination (0: off)
+    admit_ahead_s: float = 1.0          # the life of one taken ahead
 
     @classmethod
     def from_env(cls, **overrides: object) -> "ServeSettings":
@@ -37,6 +41,10 @@ class ServeSettings:
                                             cls.concurrency_lease_s, 1, 86400, "seconds"),
             "upstream_connections": _whole("ROUTER_UPSTREAM_CONNECTIONS", env.get("ROUTER_UPSTREAM_CONNECTIONS"),
                                            cls.upstream_connections, 1, 1_000_000, "connections"),
+            "admit_ahead": _whole("ROUTER_ADMIT_AHEAD", env.get("ROUTER_ADMIT_AHEAD"), cls.admit_ahead, 0, 256,
+                                  "admissions"),
+            "admit_ahead_s": _bounded("ROUTER_ADMIT_AHEAD_MS", env.get("ROUTER_ADMIT_AHEAD_MS"), 1000, 10,
+                                      AHEAD_MAX_MS, "milliseconds") / 1000,
             "redis_timeout_s": _bounded("ROUTER_REDIS_TIMEOUT_MS", env.get("ROUTER_REDIS_TIMEOUT_MS"), 250, 1, 60_000,
                                         "milliseconds") / 1000,
         }

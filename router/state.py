@@ -47,6 +47,8 @@ class StateSettings(HealthSettings):
     key_prefix: str = "router"
     clock: Callable[[], float] | None = None  # this replica's wall clock; None = time.time
     redis_clock: bool = True  # windows in Redis on Redis's TIME (False: on `clock`, for tests)
+    admit_ahead: int = 0  # Redis: admissions a replica takes ahead per busy combination (redis_ahead.py)
+    admit_ahead_s: float = 1.0  # how long one taken ahead lives before it is given back unused
 
 
 @dataclass

@@ -220,18 +220,20 @@ class Backend:
     metrics: Metrics
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", "redis", "cluster", "redis-ahead"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    """`await backend.make(n)` → n replicas on the parametrised backend."""
+    """`await backend.make(n)` → n replicas on the parametrised backend ("redis-ahead":
+    standalone Redis with admissions taken ahead, redis_ahead.py)."""
     clock, metrics, made = Clock(), Metrics(), []
     url = None
-    if request.param == "redis":
+    ahead = {"admit_ahead": 8} if request.param == "redis-ahead" else {}
+    if request.param in ("redis", "redis-ahead"):
         url = request.getfixturevalue("redis_url")
     elif request.param == "cluster":
         url = request.getfixturevalue("redis_cluster_url")
 
     async def make(n: int = 1, **overrides: object) -> list[SharedState]:
-        settings = StateSettings(clock=clock, redis_clock=False, redis_timeout_s=2.0, **overrides)  # type: ignore[arg-type]
+        settings = StateSettings(clock=clock, redis_clock=False, redis_timeout_s=2.0, **{**ahead, **overrides})  # type: ignore[arg-type]
         if url is None:
             states: list[SharedState] = [MemoryState(settings, metrics)] * n
         else:

@@ -11,7 +11,8 @@ Not a test (pytest does not collect it): run by hand, it prints a table of media
 The router runs with what users turn on: a client key, rpm/tpm/concurrency limits on the key
 and rpm/tpm on the model, a price, metrics, and the access log (to a file), in-process
 ("router") and on a redis-server the benchmark starts itself ("router+redis"; with
---cluster also a 3-node Redis Cluster, "router+cluster"). Every contender is started at once,
+--cluster also a 3-node Redis Cluster, "router+cluster"; with --ahead N also each of those
+taking N admissions ahead, the opt-in ROUTER_ADMIT_AHEAD, "+ahead"). Every contender is started at once,
 pinned to core 0 (idle ones cost nothing); the canned OpenAI-shaped upstreams, Redis and wrk
 run on core 1. req, stream and lat1 run in front of a static nginx, the cheapest upstream
 there is, which sends a stream's 20 events in one write (--python-upstream: an aiohttp
@@ -517,6 +518,9 @@ def main() -> int:
     ap.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
     ap.add_argument("--cluster", action="store_true", help="add the router on a 3-node Redis Cluster")
     ap.add_argument("--no-redis", action="store_true", help="leave out the router on Redis")
+    ap.add_argument("--ahead", type=int, default=0, metavar="N",
+                    help="also the router on Redis taking N admissions ahead (ROUTER_ADMIT_AHEAD, opt-in): "
+                         "'router+redis+ahead' (and '+cluster+ahead' with --cluster)")
     ap.add_argument("--litellm", metavar="PATH", help="LiteLLM's CLI (from its own venv) to add as a contender")
     ap.add_argument("--portkey", metavar="PATH", help="Portkey gateway's start script (node build/start-server.js)")
     ap.add_argument("--router-src", metavar="DIR", help="run the router from this source tree (PYTHONPATH)")
@@ -573,12 +577,13 @@ def main() -> int:
             url, procs = start_redis(tmp, False)
             stack.callback(terminate, procs)
             redis_urls["router+redis"] = url
-            redis_pids["router+redis"] = redis_pids["base+redis"] = [p.pid for p in procs]
+            redis_pids["router+redis"] = redis_pids["base+redis"] = redis_pids["router+redis+ahead"] = [p.pid for p in procs]
         if args.cluster:
             url, cprocs = start_redis(tmp, True)
             stack.callback(terminate, cprocs)
             redis_urls["router+cluster"] = url
-            redis_pids["router+cluster"] = redis_pids["base+cluster"] = [p.pid for p in cprocs]
+            redis_pids["router+cluster"] = redis_pids["base+cluster"] = redis_pids["router+cluster+ahead"] = \
+                [p.pid for p in cprocs]
 
         def contenders(up: int) -> dict[str, tuple[list[str], dict[str, str], float]]:
             (tmp / f"routes-{up}.yaml").write_text(ROUTES % up)
@@ -591,6 +596,9 @@ def main() -> int:
                    "router": (router, env, 15.0)}
             for name, url in redis_urls.items():
                 out[name] = (router, dict(env, REDIS_URL=url), 15.0)
+            if args.ahead:
+                for name, url in redis_urls.items():
+                    out[name + "+ahead"] = (router, dict(env, REDIS_URL=url, ROUTER_ADMIT_AHEAD=str(args.ahead)), 15.0)
             if args.baseline_src:
                 base_env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [args.baseline_src,
                                                                               os.environ.get("PYTHONPATH")])))

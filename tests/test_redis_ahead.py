@@ -1,0 +1,254 @@
+"""Admissions taken ahead (ROUTER_ADMIT_AHEAD): never past a limit, a ticket counted a whole
+window after its use, unused ones given back, and health no staler than a ticket's life.
+
+The shared suite (test_state.py, test_health.py) also runs on "redis-ahead"; these tests
+drive the cases where tickets are actually taken: limits with headroom, one combination
+asked for again and again. Redis's own counters are read to see what is held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+import redis
+
+from router.backends import create_state
+from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec
+from router.settings import ServeSettings
+from router.state import SharedState, StateSettings
+from tests.fixtures_redis import Clock, RedisServer
+from tests.test_redis_faults import until
+from tests.test_replicas import routes, start_replicas, stop
+from tests.test_state import adm, admitted
+
+RPM_KEY = "router:{k:team-a}:rpm"
+
+
+class Fleet:
+    """Replicas on one Redis, on one fake clock; closed (their tickets given back) at the end."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server, self.clock = server, Clock()
+        self.made: list[SharedState] = []
+
+    def make(self, ahead: int = 8, life_s: float = 1.0, **kw: object) -> SharedState:
+        settings = StateSettings(clock=self.clock, redis_clock=False, redis_timeout_s=2.0, admit_ahead=ahead,
+                                 admit_ahead_s=life_s, **kw)  # type: ignore[arg-type]
+        state = create_state(self.server.url, settings)
+        self.made.append(state)
+        return state
+
+    def held(self, key: str = RPM_KEY) -> int:
+        """Entries in a window: admitted requests and tickets not yet given back."""
+        with self.server.client() as r:
+            return int(r.zcard(key))
+
+
+@pytest.fixture
+async def fleet(redis_server_factory: Callable[..., RedisServer]) -> AsyncIterator[Fleet]:
+    f = Fleet(redis_server_factory())
+    yield f
+    for s in f.made:
+        await s.close()
+
+
+async def settled() -> None:
+    """Refills and refunds are sent without waiting: let them reach Redis."""
+    for _ in range(5):
+        await asyncio.sleep(0.02)
+
+
+async def test_replicas_taking_tickets_never_admit_past_the_limit_and_give_back_the_unused(fleet: Fleet) -> None:
+    limit, replicas = 200, [fleet.make() for _ in range(3)]
+    a = adm(key_limits=LimitSpec(rpm=limit))
+    admitted_n, most_held_ahead = 0, 0
+    while True:   # waves of concurrent requests on every replica, until one is refused
+        wave = await asyncio.gather(*(admitted(replicas[j % 3], a) for j in range(12)))
+        admitted_n += sum(wave)
+        await settled()
+        most_held_ahead = max(most_held_ahead, fleet.held() - admitted_n)
+        assert admitted_n <= fleet.held() <= limit
+        if not all(wave):
+            break
+    assert most_held_ahead > 0          # tickets were taken
+    assert fleet.held() == limit        # refused only once every admission was taken
+    assert limit - admitted_n <= 3 * 8  # unused: a full stock per replica at most
+    for s in replicas:
+        await s.close()
+    assert fleet.held() == admitted_n   # closing gave every unused ticket back
+    exact = create_state(fleet.server.url, StateSettings(clock=fleet.clock, redis_clock=False))
+    try:
+        assert sum([await admitted(exact, a) for _ in range(limit)]) == limit - admitted_n
+    finally:
+        await exact.close()
+
+
+async def test_a_ticket_used_late_in_its_life_counts_a_whole_window_after_its_use(fleet: Fleet) -> None:
+    limit = 40
+    a, b = fleet.make(ahead=4, life_s=1.0), fleet.make(ahead=0)
+    r = adm(key_limits=LimitSpec(rpm=limit))
+    assert await admitted(a, r) and await admitted(a, r)   # the second, soon after the first, asks for tickets
+    await settled()
+    assert fleet.held() == 2 + 4
+    assert sum([await admitted(b, r) for _ in range(limit)]) == limit - 6
+    fleet.clock.advance(0.5)
+    assert await admitted(a, r)   # a ticket, used at 0.5 s
+    await a.close()               # the other three go back
+    assert sum([await admitted(b, r) for _ in range(5)]) == 3   # at 0.5 s
+    fleet.clock.advance(59.7)     # 60.2 s: the admits at 0 s have left the window, the ticket has not
+    assert sum([await admitted(b, r) for _ in range(40)]) == limit - 4
+    fleet.clock.advance(0.9)      # 61.1 s: the ticket's entry (stamped at 1 s) has left too
+    assert sum([await admitted(b, r) for _ in range(5)]) == 4
+
+
+async def test_a_ticket_left_unused_goes_back_when_its_life_ends(fleet: Fleet) -> None:
+    a = fleet.make(ahead=4, life_s=0.2)
+    r = adm(key_limits=LimitSpec(rpm=100))
+    assert await admitted(a, r) and await admitted(a, r)
+    await settled()
+    assert fleet.held() == 6
+    fleet.clock.advance(0.3)
+
+    async def given_back() -> bool:
+        return fleet.held() == 2
+
+    await until(given_back)   # though no request came for this combination again
+
+
+async def test_a_request_larger_than_the_tickets_is_admitted_on_its_own(fleet: Fleet) -> None:
+    limit = 10_000
+    a, b = fleet.make(ahead=4), fleet.make(ahead=0)
+    small, large = adm(tokens=10, key_limits=LimitSpec(tpm=limit)), adm(tokens=3_000, key_limits=LimitSpec(tpm=limit))
+    assert await admitted(a, small) and await admitted(a, small)
+    await settled()
+    reserved = 2 * 10 + 4 * 16   # two admits and four tickets of 16 tokens
+    assert await admitted(b, adm(tokens=limit - reserved - 2_999, key_limits=LimitSpec(tpm=limit)))
+    assert not await admitted(a, large)   # a 16-token ticket must not carry 3,000 tokens
+    assert await admitted(a, small)
+
+
+async def test_a_budget_is_never_taken_ahead(fleet: Fleet) -> None:
+    a = fleet.make(ahead=8)
+    r = Admission("team-a", LimitSpec(rpm=1_000), BudgetSpec(daily_usd=100.0), "gpt-x", None, 10)
+    for _ in range(10):
+        assert await admitted(a, r)
+    await settled()
+    assert fleet.held() == 10
+
+
+async def test_a_failure_this_replica_sees_drops_its_tickets_and_their_health(fleet: Fleet) -> None:
+    a, b = fleet.make(ahead=4, failure_threshold=2), fleet.make(ahead=0, failure_threshold=2)
+    r = adm(key_limits=LimitSpec(rpm=1_000))
+    await a.admit(r, ["t1"])
+    await a.admit(r, ["t1"])
+    await settled()
+    assert fleet.held() == 6
+    await b.record("t1", False, None)
+    await b.record("t1", False, None)   # another replica opened t1's circuit
+    _, views = await a.admit(r, ["t1"])
+    assert views["t1"].state == "closed"   # a ticket: health as it was when it was taken
+    await a.record("t1", False, None)      # this replica's own failure
+    _, views = await a.admit(r, ["t1"])
+    assert views["t1"].state == "open"
+    await settled()
+    assert fleet.held() == 2 + 1 + 1       # two admits, the ticket used, this admit: the other three went back
+
+
+async def test_a_ticket_is_never_taken_for_a_target_whose_circuit_is_not_closed(fleet: Fleet) -> None:
+    a = fleet.make(ahead=4, failure_threshold=1)
+    r = adm(key_limits=LimitSpec(rpm=1_000))
+    await a.record("t1", False, None)
+    for _ in range(5):
+        _, views = await a.admit(r, ["t1"])
+        assert views["t1"].state == "open"
+    await settled()
+    assert fleet.held() == 5
+
+
+@pytest.mark.parametrize(("limits", "key"), [
+    pytest.param(LimitSpec(rpm=16), RPM_KEY, id="rpm"),
+    pytest.param(LimitSpec(concurrent=16), "router:{k:team-a}:conc", id="concurrent"),
+    pytest.param(LimitSpec(tpm=200), "router:{k:team-a}:tpm", id="tpm"),
+])
+async def test_no_tickets_without_headroom_for_them(fleet: Fleet, limits: LimitSpec, key: str) -> None:
+    """Four tickets need four times their share left in every limit (16 requests or slots,
+    256 tokens): after two admits there is less."""
+    a = fleet.make(ahead=4)
+    r = adm(tokens=10, key_limits=limits)
+    assert await admitted(a, r) and await admitted(a, r)
+    await settled()
+    assert fleet.held(key) == 2
+
+
+async def test_each_ticket_reports_what_was_left_after_it_as_a_direct_admit_would(fleet: Fleet) -> None:
+    a = fleet.make(ahead=4)
+    r = adm(key_limits=LimitSpec(rpm=1_000))
+    remaining = []
+    for _ in range(12):
+        grant, _ = await a.admit(r, [])
+        remaining.append(int(grant.headers["x-ratelimit-remaining-requests"]))
+        await settled()
+    assert fleet.held() > 12   # tickets were taken
+    assert remaining == list(range(999, 987, -1))
+
+
+async def test_serve_with_admit_ahead_keeps_a_key_limit_exact_across_replicas_and_gives_back_at_exit(
+    tmp_path, vendors, redis_url: str,
+) -> None:
+    """`router serve` with ROUTER_ADMIT_AHEAD, two replicas, an rpm of 60: no more than 60
+    answered, every other request a 429 in OpenAI's shape, and once both have stopped the
+    window holds exactly the answered ones."""
+    keys = {"team": {"key_env": "ROUTER_TEST_TEAM_KEY", "limits": {"rpm": 60}}}
+    procs, urls = await start_replicas(tmp_path, routes(vendors.openai, {}, keys), redis_url, vendors.openai,
+                                       count=2, extra_env={"ROUTER_TEST_TEAM_KEY": "sk-team-secret",
+                                                           "ROUTER_ADMIT_AHEAD": "8"})
+    headers = {"Authorization": "Bearer sk-team-secret"}
+    body = {"model": "m", "prompt": "hi", "max_tokens": 5}
+    statuses, most_ahead = [], 0
+    try:
+        async with aiohttp.ClientSession() as s:
+            for i in range(100):
+                async with s.post(urls[i % 2] + "/v1/completions", json=body, headers=headers) as r:
+                    statuses.append(r.status)
+                    answer = await r.json()
+                if r.status == 429:
+                    assert set(answer["error"]) >= {"message", "type", "param", "code"}
+                with redis.Redis.from_url(redis_url) as db:
+                    most_ahead = max(most_ahead, int(db.zcard(RPM_KEY.replace("team-a", "team"))) - statuses.count(200))
+    finally:
+        await stop(procs)
+    answered = statuses.count(200)
+    assert set(statuses) == {200, 429}
+    assert 60 - 2 * 8 <= answered <= 60
+    assert most_ahead > 0   # the replicas did take admissions ahead
+    with redis.Redis.from_url(redis_url) as db:
+        assert int(db.zcard(RPM_KEY.replace("team-a", "team"))) == answered
+
+
+@pytest.mark.parametrize(("env", "ahead", "life_s"), [
+    ({}, 0, 1.0),
+    ({"ROUTER_ADMIT_AHEAD": "16"}, 16, 1.0),
+    ({"ROUTER_ADMIT_AHEAD": "16", "ROUTER_ADMIT_AHEAD_MS": "250"}, 16, 0.25),
+])
+def test_admit_ahead_is_a_setting(monkeypatch: pytest.MonkeyPatch, env: dict, ahead: int, life_s: float) -> None:
+    for name in ("ROUTER_ADMIT_AHEAD", "ROUTER_ADMIT_AHEAD_MS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = ServeSettings.from_env()
+    assert (settings.admit_ahead, settings.admit_ahead_s) == (ahead, pytest.approx(life_s))
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("ROUTER_ADMIT_AHEAD", "-1"), ("ROUTER_ADMIT_AHEAD", "2.5"), ("ROUTER_ADMIT_AHEAD", "1000"),
+    ("ROUTER_ADMIT_AHEAD_MS", "0"), ("ROUTER_ADMIT_AHEAD_MS", "60000"), ("ROUTER_ADMIT_AHEAD_MS", "soon"),
+])
+def test_an_admit_ahead_setting_out_of_range_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, raw: str,
+) -> None:
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(ValueError, match=name):
+        ServeSettings.from_env()
