@@ -74,9 +74,10 @@ class RedisLink:
         self._sending: set[asyncio.Future[Any]] = set()  # batches under way, awaited at close
         self._posted = 0                    # batches written on the wire, replies not yet read
         self._pending: deque[Command] = deque(maxlen=settings.pending_settles)
-        # Set when requests seldom wait on Redis (admissions taken ahead): then no batch is
-        # coming soon to carry a call nobody waits for, and it waits LOOSE_DELAY_S for others.
-        self.hold_loose = False
+        # How long a call nobody waits for waits for others when no batch is under way (0:
+        # it goes at once, off the next request's path). Set when requests seldom wait on
+        # Redis (admissions taken ahead): then no batch is coming to carry it.
+        self.quiet_delay_s = 0.0
         self.availability = Availability(settings, metrics, self._probe)
         self._cluster_ready, self._init_lock = False, asyncio.Lock()
         self._wire: Wire | None = None
@@ -137,8 +138,10 @@ class RedisLink:
 
     def _enqueue_loose(self, cmd: Command) -> None:
         if self._soon is None and self._later is None:
-            if self._posted or self.hold_loose:   # traffic: another batch is about to go, this rides along
+            if self._posted:   # traffic: another batch is about to go, this rides along
                 self._later = asyncio.get_running_loop().call_later(LOOSE_DELAY_S, self._flush)
+            elif self.quiet_delay_s:
+                self._later = asyncio.get_running_loop().call_later(self.quiet_delay_s, self._flush)
             else:              # quiet: now, so it is not on the next request's path
                 self._soon = asyncio.get_running_loop().call_soon(self._flush)
         self._loose.append(cmd)

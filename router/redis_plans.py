@@ -87,7 +87,7 @@ class Planner:
         self.cluster, self._packer = cluster, packer
         self._plans: dict[tuple[Any, ...], Plan] = {}
         self._spend: dict[tuple[str, str, str], tuple[str, bytes, str]] = {}   # (key, day, month) -> spend_keys()
-        self._health: dict[str, tuple[str, bytes]] = {}
+        self._health: dict[str, tuple[str, bytes, str]] = {}
         self.width = repr(s.error_window_s / BUCKETS)
         self._fixed = [str(int(WINDOW_S * 1000)), str(int(s.concurrency_lease_s * 1000))]
         self._breaker = [repr(s.cooldown_s), str(s.half_open_probes), self.width, str(BUCKETS)]
@@ -150,14 +150,14 @@ class Planner:
             plan = self._plans[cache_key] = self._build(build(), *how)
         return plan
 
-    def health_part(self, target_id: str) -> tuple[str, bytes]:
-        """A target's health key, and the same in wire format."""
+    def health_part(self, target_id: str) -> tuple[str, bytes, str]:
+        """A target's health key, the same in wire format, and its hash tag."""
         part = self._health.get(target_id)
         if part is None:
             if len(self._health) >= PLAN_CACHE:
                 self._health.clear()
             key = self.health_key(target_id)
-            part = self._health[target_id] = (key, bulk(key))
+            part = self._health[target_id] = (key, bulk(key), hash_tag(key))
         return part
 
     def spend_keys(self, key: str, day: str, month: str) -> tuple[str, bytes, str]:

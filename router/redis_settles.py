@@ -57,9 +57,11 @@ class Settles:
         self._ops(hash_tag(day_key), day_key).add(keys + bulk(marker), 3, _SPEND + bulk(rid) + bulk(str(micro)) + ttl, 1)
 
 
-def ok_ops(head: Sequence[str], key: str, wire: bytes, latency_s: float | None, stream: bool, now: str) -> SettleOps:
-    """A healthy attempt that was not a probe, on health hash `key` (`wire`: the same encoded)."""
-    ops = SettleOps(head, hash_tag(key), key)
+def ok_ops(head: Sequence[str], key: str, wire: bytes, tag: str, latency_s: float | None, stream: bool,
+           now: str) -> SettleOps:
+    """A healthy attempt that was not a probe, on health hash `key` (`wire`: the same
+    encoded; `tag`: its hash tag)."""
+    ops = SettleOps(head, tag, key)
     ops.add(wire, 1, b"".join([_OK, _EMPTY if latency_s is None else bulk(repr(float(latency_s))),
                                _TT if stream else _EW, bulk(now) if now else _EMPTY]), 1)
     return ops

@@ -37,7 +37,7 @@ from router.limits import (
 )
 from router.memory_state import MemoryState
 from router.redis_commands import SharedReads
-from router.redis_link import RedisLink, Unavailable
+from router.redis_link import LOOSE_DELAY_S, RedisLink, Unavailable
 from router.redis_ahead import AheadAdmits, ahead_rids
 from router.redis_plans import AHEAD_AT, REFUND, RENEW, SLOTS, TOKENS, Plan, Planner, Ran
 from router.redis_resp import SettleOps, bulk
@@ -86,7 +86,8 @@ class RedisState:
         self._settle_head = [repr(s.ewma_alpha), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
         self._ahead = AheadAdmits(s.admit_ahead, s.admit_ahead_s, settings.clock or time.monotonic, self._rid,
                                   self._run, self._views, self._refund) if s.admit_ahead else None
-        self._link.hold_loose = self._ahead is not None
+        if self._ahead is not None:
+            self._link.quiet_delay_s = LOOSE_DELAY_S
 
     # ---- running checks -----------------------------------------------------------------
     def _now(self) -> str:

@@ -75,7 +75,7 @@ def test_spend_and_ok_ops_are_routed_by_their_own_keys():
     (spend,) = settles
     assert (spend.tag, spend.route) == ("{k:team}", day)
     assert spend.argv() == ([day, month, "router:{k:team}:paid:r1"], ["1", *HEAD, "spend", "r1", "1500", "259200000"])
-    ok = ok_ops(HEAD, "router:{t:p/m}:health", bulk("router:{t:p/m}:health"), 0.25, True, "")
+    ok = ok_ops(HEAD, "router:{t:p/m}:health", bulk("router:{t:p/m}:health"), "{t:p/m}", 0.25, True, "")
     assert (ok.tag, ok.argv()) == ("{t:p/m}", (["router:{t:p/m}:health"], ["1", *HEAD, "ok", "0.25", "tt", ""]))
 
 
