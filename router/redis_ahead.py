@@ -66,9 +66,10 @@ class AheadAdmits:
     def __init__(self, most: int, life_s: float, clock: Callable[[], float], rid: Callable[[], str],
                  run: Callable[[Plan, str, int, str, int], Coroutine[Any, Any, Ran]],
                  views: Callable[[Sequence[str], Sequence[Any], float | None], dict[str, TargetHealth]],
-                 refund: Callable[[Plan, Sequence[str]], None]) -> None:
+                 refund: Callable[[Plan, Sequence[str]], None], available: Callable[[], bool]) -> None:
         self._most, self._life, self._ahead = most, life_s, str(int(life_s * 1000))
         self._clock, self._rid, self._run, self._views, self._refund = clock, rid, run, views, refund
+        self._available = available
         self._stocks: dict[Hashable, _Stock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeping: asyncio.TimerHandle | None = None
@@ -125,7 +126,7 @@ class AheadAdmits:
             left >= HEADROOM * n * (tokens if c.kind == TPM else c.amount) for c, left in zip(plan.checks, lefts))
 
     def _ask(self, key: Hashable, stock: _Stock, n: int, tokens: int) -> None:
-        if n <= 0:
+        if n <= 0 or not self._available():
             return
         stock.asked = True
         task = asyncio.get_running_loop().create_task(self._refill(key, stock, n, tokens))
@@ -162,13 +163,16 @@ class AheadAdmits:
     def _expire(self, stock: _Stock, now: float) -> None:
         tickets = stock.tickets
         if tickets and tickets[0].deadline <= now:
+            gone = []
             while tickets and tickets[0].deadline <= now:
-                self._refund(stock.plan, [tickets.popleft().rid])
+                gone.append(tickets.popleft().rid)
+            self._refund(stock.plan, gone)
             stock.size = max(stock.size // 2, min(2, self._most))   # asked for more than came
 
     def _drop(self, stock: _Stock) -> None:
-        while stock.tickets:
-            self._refund(stock.plan, [stock.tickets.popleft().rid])
+        if stock.tickets:
+            self._refund(stock.plan, [t.rid for t in stock.tickets])
+            stock.tickets.clear()
         stock.gen = self.gen
 
     def _sweep_later(self) -> None:
@@ -190,5 +194,7 @@ class AheadAdmits:
             self._sweeping.cancel()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            for task in self._tasks:   # Redis too slow: an admit left behind is undone when it answers
+                task.cancel()
         for stock in self._stocks.values():
             self._drop(stock)

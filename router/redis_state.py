@@ -17,7 +17,8 @@ counters charged and be refused too: Cluster can over-refuse by a hair, never ov
 Every call goes through redis_link.py: batched per loop iteration, fail-open on faults.
 The keys and fixed arguments of a (key, model, targets) combination are built once and
 kept, not rebuilt per request (redis_plans.py); what a request gives back or is charged
-is built from them in one way for every path (redis_settles.py).
+is built from them in one way for every path (redis_settles.py). Opt-in, a busy
+combination's admits are taken ahead of its requests (redis_ahead.py).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from router.limits import (
     plan_checks, state_unavailable, target_checks, to_micro,
 )
 from router.memory_state import MemoryState
+from router.redis_ahead import AheadAdmits, ahead_rids
 from router.redis_commands import SharedReads
 from router.redis_link import LOOSE_DELAY_S, RedisLink, Unavailable
-from router.redis_ahead import AheadAdmits, ahead_rids
 from router.redis_plans import AHEAD_AT, REFUND, RENEW, SLOTS, TOKENS, Plan, Planner, Ran
 from router.redis_resp import SettleOps, bulk
 from router.redis_scripts import LUA_ADMIT, LUA_FIELDS, LUA_HEALTH, LUA_NOW, LUA_PRELUDE, LUA_RECORD, LUA_SETTLE, LUA_TPM
@@ -85,7 +86,7 @@ class RedisState:
                              str(s.min_samples), repr(s.cooldown_s), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
         self._settle_head = [repr(s.ewma_alpha), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
         self._ahead = AheadAdmits(s.admit_ahead, s.admit_ahead_s, settings.clock or time.monotonic, self._rid,
-                                  self._run, self._views, self._refund) if s.admit_ahead else None
+                                  self._run, self._views, self._refund, self._link.available) if s.admit_ahead else None
         if self._ahead is not None:
             self._link.quiet_delay_s = LOOSE_DELAY_S
 

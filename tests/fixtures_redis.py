@@ -220,16 +220,16 @@ class Backend:
     metrics: Metrics
 
 
-@pytest.fixture(params=["memory", "redis", "cluster", "redis-ahead"])
+@pytest.fixture(params=["memory", "redis", "cluster", "redis-ahead", "cluster-ahead"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    """`await backend.make(n)` → n replicas on the parametrised backend ("redis-ahead":
-    standalone Redis with admissions taken ahead, redis_ahead.py)."""
+    """`await backend.make(n)` → n replicas on the parametrised backend ("-ahead": taking
+    admissions ahead, redis_ahead.py)."""
     clock, metrics, made = Clock(), Metrics(), []
     url = None
-    ahead = {"admit_ahead": 8} if request.param == "redis-ahead" else {}
-    if request.param in ("redis", "redis-ahead"):
+    ahead = {"admit_ahead": 8} if request.param.endswith("-ahead") else {}
+    if request.param.startswith("redis"):
         url = request.getfixturevalue("redis_url")
-    elif request.param == "cluster":
+    elif request.param.startswith("cluster"):
         url = request.getfixturevalue("redis_cluster_url")
 
     async def make(n: int = 1, **overrides: object) -> list[SharedState]:

@@ -20,7 +20,7 @@ from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec
 from router.settings import ServeSettings
 from router.state import SharedState, StateSettings
 from tests.fixtures_redis import Clock, RedisServer
-from tests.test_redis_faults import until
+from tests.test_redis_faults import QUICK, SlowReplies, until
 from tests.test_replicas import routes, start_replicas, stop
 from tests.test_state import adm, admitted
 
@@ -28,31 +28,52 @@ RPM_KEY = "router:{k:team-a}:rpm"
 
 
 class Fleet:
-    """Replicas on one Redis, on one fake clock; closed (their tickets given back) at the end."""
+    """Replicas on one Redis (or Cluster), on one fake clock; closed (their tickets given
+    back) at the end."""
 
-    def __init__(self, server: RedisServer) -> None:
-        self.server, self.clock = server, Clock()
+    def __init__(self, url: str, client: Callable[[], redis.Redis | redis.RedisCluster]) -> None:
+        self.url, self.client, self.clock = url, client, Clock()
         self.made: list[SharedState] = []
 
     def make(self, ahead: int = 8, life_s: float = 1.0, **kw: object) -> SharedState:
         settings = StateSettings(clock=self.clock, redis_clock=False, redis_timeout_s=2.0, admit_ahead=ahead,
                                  admit_ahead_s=life_s, **kw)  # type: ignore[arg-type]
-        state = create_state(self.server.url, settings)
+        state = create_state(self.url, settings)
         self.made.append(state)
         return state
 
     def held(self, key: str = RPM_KEY) -> int:
         """Entries in a window: admitted requests and tickets not yet given back."""
-        with self.server.client() as r:
+        with self.client() as r:
             return int(r.zcard(key))
+
+
+async def _fleet(url: str, client: Callable[[], redis.Redis | redis.RedisCluster]) -> AsyncIterator[Fleet]:
+    f = Fleet(url, client)
+    yield f
+    for s in f.made:
+        await s.close()
 
 
 @pytest.fixture
 async def fleet(redis_server_factory: Callable[..., RedisServer]) -> AsyncIterator[Fleet]:
-    f = Fleet(redis_server_factory())
-    yield f
-    for s in f.made:
-        await s.close()
+    server = redis_server_factory()
+    async for f in _fleet(server.url, server.client):
+        yield f
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def any_fleet(request: pytest.FixtureRequest, redis_server_factory: Callable[..., RedisServer]) -> AsyncIterator[Fleet]:
+    """Standalone Redis, or the session's three-node Cluster."""
+    if request.param == "redis":
+        server = redis_server_factory()
+        url, client = server.url, server.client
+    else:
+        url = request.getfixturevalue("redis_cluster_url")
+        port = int(url.rsplit(":", 1)[1])
+        client = lambda: redis.RedisCluster(host="127.0.0.1", port=port)  # noqa: E731
+    async for f in _fleet(url, client):
+        yield f
 
 
 async def settled() -> None:
@@ -61,9 +82,12 @@ async def settled() -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_replicas_taking_tickets_never_admit_past_the_limit_and_give_back_the_unused(fleet: Fleet) -> None:
-    limit, replicas = 200, [fleet.make() for _ in range(3)]
-    a = adm(key_limits=LimitSpec(rpm=limit))
+async def test_replicas_taking_tickets_never_admit_past_the_limits_and_give_back_the_unused(any_fleet: Fleet) -> None:
+    """A key's rpm and its model's: on Cluster two hash tags, two script calls per admit."""
+    fleet, limit = any_fleet, 200
+    replicas = [fleet.make() for _ in range(3)]
+    a = adm(key_limits=LimitSpec(rpm=limit), model_limits=LimitSpec(rpm=limit + 50))
+    model_key = "router:{m:gpt-x}:rpm"
     admitted_n, most_held_ahead = 0, 0
     while True:   # waves of concurrent requests on every replica, until one is refused
         wave = await asyncio.gather(*(admitted(replicas[j % 3], a) for j in range(12)))
@@ -71,6 +95,7 @@ async def test_replicas_taking_tickets_never_admit_past_the_limit_and_give_back_
         await settled()
         most_held_ahead = max(most_held_ahead, fleet.held() - admitted_n)
         assert admitted_n <= fleet.held() <= limit
+        assert fleet.held(model_key) == fleet.held()   # every admission charged both, or neither
         if not all(wave):
             break
     assert most_held_ahead > 0          # tickets were taken
@@ -78,8 +103,8 @@ async def test_replicas_taking_tickets_never_admit_past_the_limit_and_give_back_
     assert limit - admitted_n <= 3 * 8  # unused: a full stock per replica at most
     for s in replicas:
         await s.close()
-    assert fleet.held() == admitted_n   # closing gave every unused ticket back
-    exact = create_state(fleet.server.url, StateSettings(clock=fleet.clock, redis_clock=False))
+    assert fleet.held() == fleet.held(model_key) == admitted_n   # closing gave every unused ticket back
+    exact = create_state(fleet.url, StateSettings(clock=fleet.clock, redis_clock=False))
     try:
         assert sum([await admitted(exact, a) for _ in range(limit)]) == limit - admitted_n
     finally:
@@ -252,3 +277,53 @@ def test_an_admit_ahead_setting_out_of_range_is_refused_naming_the_variable(
     monkeypatch.setenv(name, raw)
     with pytest.raises(ValueError, match=name):
         ServeSettings.from_env()
+
+
+async def test_tickets_whose_admit_timed_out_are_given_back_once_redis_answers(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """The refill's reply comes after the batch timeout: the script ran and holds every
+    ticket, so all of them (not just one) are given back when Redis is reachable again."""
+    server = redis_server_factory()
+    slow = SlowReplies(server.port, delay=0)
+    fleet = Fleet(server.url, server.client)
+    a = create_state(await slow.start(), StateSettings(clock=fleet.clock, redis_clock=False, admit_ahead=8,
+                                                       **QUICK))  # type: ignore[arg-type]
+    r = adm(key_limits=LimitSpec(rpm=1_000))
+    try:
+        assert await admitted(a, r)
+        assert await admitted(a, r)   # asks for tickets; their admit goes out on the next turn
+        slow.delay = 0.5              # longer than the batch timeout
+        await asyncio.sleep(0.6)
+        assert fleet.held() == 2 + 4   # the script ran all the same
+        slow.delay = 0
+
+        async def given_back() -> bool:
+            await a.ready()
+            return fleet.held() == 2
+
+        await until(given_back)
+    finally:
+        await a.close()
+        await slow.close()
+
+
+async def test_a_multi_admit_refused_on_one_cluster_tag_charges_none(redis_cluster_url: str) -> None:
+    """Tickets are admitted all at once or not at all, on every hash tag: a model with no
+    room left for them refunds what the key's tag took (RedisState._run, count > 1)."""
+    clock = Clock()
+    port = int(redis_cluster_url.rsplit(":", 1)[1])
+    a = create_state(redis_cluster_url, StateSettings(clock=clock, redis_clock=False, redis_timeout_s=2.0,
+                                                      admit_ahead=8))
+    r = adm(key_limits=LimitSpec(rpm=1_000), model_limits=LimitSpec(rpm=10))
+    try:
+        assert await admitted(a, r)   # the plan is built and cached
+        plan = next(iter(a._plans._plans.values()))  # type: ignore[attr-defined]
+        assert len(plan.calls) == 2   # the key's tag and the model's
+        with pytest.raises(LimitExceeded):
+            await a._run(plan, "multi", 10, "1000", 16)  # type: ignore[attr-defined]
+        await settled()
+        with redis.RedisCluster(host="127.0.0.1", port=port) as db:
+            assert int(db.zcard("router:{k:team-a}:rpm")) == int(db.zcard("router:{m:gpt-x}:rpm")) == 1
+    finally:
+        await a.close()
