@@ -234,6 +234,13 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.admissions_ahead = Counter(
+            "router_admissions_ahead_total",
+            "Admissions taken ahead (ROUTER_ADMIT_AHEAD) by outcome: taken in Redis, used by a request, "
+            "returned unused (at the end of their life, on a failure, at shutdown).",
+            ["outcome"],
+            registry=r,
+        )
         self.redis_up = Gauge(
             "router_redis_up",
             "1 when the shared-state backend answers, 0 while the proxy runs on local state.",

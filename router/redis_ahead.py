@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from router.health import CLOSED, TargetHealth
 from router.limits import BUDGET_KINDS, TPM, LimitExceeded, Usage
+from router.metrics import Metrics, adder
 from router.redis_link import Unavailable
 from router.redis_plans import PLAN_CACHE, Plan, Ran
 
@@ -37,6 +38,10 @@ MIN_TOKENS = 16  # a ticket's tpm share at least (a power of two: one size serve
 def ahead_rids(rid: str, count: int) -> list[str]:
     """The reservation ids of `count` admissions taken in one call (the admit script's rule)."""
     return [rid] if count == 1 else [f"{rid}.{i}" for i in range(1, count + 1)]
+
+
+def _nothing(amount: float) -> None:
+    pass
 
 
 class Ticket(NamedTuple):
@@ -66,10 +71,14 @@ class AheadAdmits:
     def __init__(self, most: int, life_s: float, clock: Callable[[], float], rid: Callable[[], str],
                  run: Callable[[Plan, str, int, str, int], Coroutine[Any, Any, Ran]],
                  views: Callable[[Sequence[str], Sequence[Any], float | None], dict[str, TargetHealth]],
-                 refund: Callable[[Plan, Sequence[str]], None], available: Callable[[], bool]) -> None:
+                 refund: Callable[[Plan, Sequence[str]], None], available: Callable[[], bool],
+                 metrics: Metrics | None) -> None:
         self._most, self._life, self._ahead = most, life_s, str(int(life_s * 1000))
-        self._clock, self._rid, self._run, self._views, self._refund = clock, rid, run, views, refund
+        self._clock, self._rid, self._run, self._views, self._give = clock, rid, run, views, refund
         self._available = available
+        self._taken, self._used, self._returned = (
+            adder(metrics.admissions_ahead.labels(outcome)) if metrics is not None else _nothing
+            for outcome in ("taken", "used", "returned"))
         self._stocks: dict[Hashable, _Stock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeping: asyncio.TimerHandle | None = None
@@ -89,6 +98,7 @@ class AheadAdmits:
         if not tickets or tokens > tickets[0].tokens:
             return None
         ticket = tickets.popleft()
+        self._used(1)
         if 2 * len(tickets) <= stock.size and not stock.asked:
             size = min(2 * stock.size, self._most)   # used up within their life: busy enough for more
             if self._room(stock.plan, stock.lefts, size, ticket.tokens):
@@ -141,7 +151,7 @@ class AheadAdmits:
         try:
             r = await self._run(plan, rid, tokens, self._ahead, n)
         except Unavailable:
-            self._refund(plan, rids)   # a timed-out admit may still have run
+            self._give(plan, rids)   # a timed-out admit may still have run
             return
         except LimitExceeded:
             return   # no room for them all: nothing held
@@ -149,7 +159,7 @@ class AheadAdmits:
             stock.asked = False
         views = self._views(stock.ids, r.summaries, r.now)
         if gen != self.gen or self._stocks.get(key) is not stock or any(v.state != CLOSED for v in views.values()):
-            self._refund(plan, rids)
+            self._give(plan, rids)
             return
         stock.gen, stock.lefts = gen, r.lefts
         amounts = [tokens if c.kind == TPM else c.amount for c in plan.checks]
@@ -158,6 +168,7 @@ class AheadAdmits:
             usages = [u if u is None else Usage(u.limit, u.remaining + later * a, u.reset_s)
                       for u, a in zip(r.usages, amounts)]
             stock.tickets.append(Ticket(one, tokens, deadline, usages, views))
+        self._taken(n)
         self._sweep_later()
 
     def _expire(self, stock: _Stock, now: float) -> None:
@@ -166,12 +177,16 @@ class AheadAdmits:
             gone = []
             while tickets and tickets[0].deadline <= now:
                 gone.append(tickets.popleft().rid)
-            self._refund(stock.plan, gone)
+            self._return(stock.plan, gone)
             stock.size = max(stock.size // 2, min(2, self._most))   # asked for more than came
+
+    def _return(self, plan: Plan, rids: list[str]) -> None:
+        self._give(plan, rids)
+        self._returned(len(rids))
 
     def _drop(self, stock: _Stock) -> None:
         if stock.tickets:
-            self._refund(stock.plan, [t.rid for t in stock.tickets])
+            self._return(stock.plan, [t.rid for t in stock.tickets])
             stock.tickets.clear()
         stock.gen = self.gen
 

@@ -86,7 +86,8 @@ class RedisState:
                              str(s.min_samples), repr(s.cooldown_s), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
         self._settle_head = [repr(s.ewma_alpha), self._width, str(BUCKETS), str(HEALTH_TTL_MS)]
         self._ahead = AheadAdmits(s.admit_ahead, s.admit_ahead_s, settings.clock or time.monotonic, self._rid,
-                                  self._run, self._views, self._refund, self._link.available) if s.admit_ahead else None
+                                  self._run, self._views, self._refund, self._link.available,
+                                  metrics) if s.admit_ahead else None
         if self._ahead is not None:
             self._link.quiet_delay_s = LOOSE_DELAY_S
 

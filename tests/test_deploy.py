@@ -559,5 +559,6 @@ def test_dashboard_has_the_panels_operators_need() -> None:
         "router_requests_in_flight",
         "router_config_reloads_total",
         "router_redis_up",
+        "router_admissions_ahead_total",
     ]:
         assert needle in exprs, needle

@@ -17,6 +17,7 @@ import redis
 
 from router.backends import create_state
 from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec
+from router.metrics import Metrics
 from router.settings import ServeSettings
 from router.state import SharedState, StateSettings
 from tests.fixtures_redis import Clock, RedisServer
@@ -35,10 +36,10 @@ class Fleet:
         self.url, self.client, self.clock = url, client, Clock()
         self.made: list[SharedState] = []
 
-    def make(self, ahead: int = 8, life_s: float = 1.0, **kw: object) -> SharedState:
+    def make(self, ahead: int = 8, life_s: float = 1.0, metrics: Metrics | None = None, **kw: object) -> SharedState:
         settings = StateSettings(clock=self.clock, redis_clock=False, redis_timeout_s=2.0, admit_ahead=ahead,
                                  admit_ahead_s=life_s, **kw)  # type: ignore[arg-type]
-        state = create_state(self.url, settings)
+        state = create_state(self.url, settings, metrics)
         self.made.append(state)
         return state
 
@@ -327,3 +328,21 @@ async def test_a_multi_admit_refused_on_one_cluster_tag_charges_none(redis_clust
             assert int(db.zcard("router:{k:team-a}:rpm")) == int(db.zcard("router:{m:gpt-x}:rpm")) == 1
     finally:
         await a.close()
+
+
+async def test_metrics_count_admissions_taken_ahead_used_and_returned(fleet: Fleet) -> None:
+    metrics = Metrics()
+    a = fleet.make(ahead=8, metrics=metrics)
+    r = adm(key_limits=LimitSpec(rpm=1_000))
+    for _ in range(10):
+        assert await admitted(a, r)
+        await settled()
+    held = fleet.held()
+    await a.close()
+
+    def count(outcome: str) -> float:
+        return metrics.registry.get_sample_value("router_admissions_ahead_total", {"outcome": outcome}) or 0.0
+
+    assert count("used") > 0
+    assert count("returned") == held - 10   # what was held but not used went back at close
+    assert count("taken") == count("used") + count("returned")
