@@ -1,7 +1,8 @@
 """Admissions taken ahead (ROUTER_ADMIT_AHEAD): never past a limit, a ticket counted a whole
 window after its use, unused ones given back, and health no staler than a ticket's life.
 
-The shared suite (test_state.py, test_health.py) also runs on "redis-ahead"; these tests
+The shared suite (test_state.py, test_health.py) also runs on "redis-ahead" and
+"cluster-ahead"; these tests
 drive the cases where tickets are actually taken: limits with headroom, one combination
 asked for again and again. Redis's own counters are read to see what is held.
 """
@@ -77,10 +78,17 @@ async def any_fleet(request: pytest.FixtureRequest, redis_server_factory: Callab
         yield f
 
 
-async def settled() -> None:
-    """Refills and refunds are sent without waiting: let them reach Redis."""
-    for _ in range(5):
+async def settled(fleet: Fleet, *keys: str) -> None:
+    """Refills and refunds are sent without waiting: wait until what the windows hold has
+    stopped moving (three reads 20 ms apart agree), however slow the machine."""
+    last: list[int] | None = None
+    same = 0
+    for _ in range(250):
         await asyncio.sleep(0.02)
+        now = [fleet.held(k) for k in keys or (RPM_KEY,)]
+        same, last = (same + 1 if now == last else 0), now
+        if same >= 2:
+            return
 
 
 async def test_replicas_taking_tickets_never_admit_past_the_limits_and_give_back_the_unused(any_fleet: Fleet) -> None:
@@ -93,7 +101,7 @@ async def test_replicas_taking_tickets_never_admit_past_the_limits_and_give_back
     while True:   # waves of concurrent requests on every replica, until one is refused
         wave = await asyncio.gather(*(admitted(replicas[j % 3], a) for j in range(12)))
         admitted_n += sum(wave)
-        await settled()
+        await settled(fleet, RPM_KEY, model_key)
         most_held_ahead = max(most_held_ahead, fleet.held() - admitted_n)
         assert admitted_n <= fleet.held() <= limit
         assert fleet.held(model_key) == fleet.held()   # every admission charged both, or neither
@@ -117,7 +125,7 @@ async def test_a_ticket_used_late_in_its_life_counts_a_whole_window_after_its_us
     a, b = fleet.make(ahead=4, life_s=1.0), fleet.make(ahead=0)
     r = adm(key_limits=LimitSpec(rpm=limit))
     assert await admitted(a, r) and await admitted(a, r)   # the second, soon after the first, asks for tickets
-    await settled()
+    await settled(fleet)
     assert fleet.held() == 2 + 4
     assert sum([await admitted(b, r) for _ in range(limit)]) == limit - 6
     fleet.clock.advance(0.5)
@@ -134,7 +142,7 @@ async def test_a_ticket_left_unused_goes_back_when_its_life_ends(fleet: Fleet) -
     a = fleet.make(ahead=4, life_s=0.2)
     r = adm(key_limits=LimitSpec(rpm=100))
     assert await admitted(a, r) and await admitted(a, r)
-    await settled()
+    await settled(fleet)
     assert fleet.held() == 6
     fleet.clock.advance(0.3)
 
@@ -149,7 +157,7 @@ async def test_a_request_larger_than_the_tickets_is_admitted_on_its_own(fleet: F
     a, b = fleet.make(ahead=4), fleet.make(ahead=0)
     small, large = adm(tokens=10, key_limits=LimitSpec(tpm=limit)), adm(tokens=3_000, key_limits=LimitSpec(tpm=limit))
     assert await admitted(a, small) and await admitted(a, small)
-    await settled()
+    await settled(fleet)
     reserved = 2 * 10 + 4 * 16   # two admits and four tickets of 16 tokens
     assert await admitted(b, adm(tokens=limit - reserved - 2_999, key_limits=LimitSpec(tpm=limit)))
     assert not await admitted(a, large)   # a 16-token ticket must not carry 3,000 tokens
@@ -161,7 +169,7 @@ async def test_a_budget_is_never_taken_ahead(fleet: Fleet) -> None:
     r = Admission("team-a", LimitSpec(rpm=1_000), BudgetSpec(daily_usd=100.0), "gpt-x", None, 10)
     for _ in range(10):
         assert await admitted(a, r)
-    await settled()
+    await settled(fleet)
     assert fleet.held() == 10
 
 
@@ -170,7 +178,7 @@ async def test_a_failure_this_replica_sees_drops_its_tickets_and_their_health(fl
     r = adm(key_limits=LimitSpec(rpm=1_000))
     await a.admit(r, ["t1"])
     await a.admit(r, ["t1"])
-    await settled()
+    await settled(fleet)
     assert fleet.held() == 6
     await b.record("t1", False, None)
     await b.record("t1", False, None)   # another replica opened t1's circuit
@@ -179,7 +187,7 @@ async def test_a_failure_this_replica_sees_drops_its_tickets_and_their_health(fl
     await a.record("t1", False, None)      # this replica's own failure
     _, views = await a.admit(r, ["t1"])
     assert views["t1"].state == "open"
-    await settled()
+    await settled(fleet)
     assert fleet.held() == 2 + 1 + 1       # two admits, the ticket used, this admit: the other three went back
 
 
@@ -190,7 +198,7 @@ async def test_a_ticket_is_never_taken_for_a_target_whose_circuit_is_not_closed(
     for _ in range(5):
         _, views = await a.admit(r, ["t1"])
         assert views["t1"].state == "open"
-    await settled()
+    await settled(fleet)
     assert fleet.held() == 5
 
 
@@ -205,7 +213,7 @@ async def test_no_tickets_without_headroom_for_them(fleet: Fleet, limits: LimitS
     a = fleet.make(ahead=4)
     r = adm(tokens=10, key_limits=limits)
     assert await admitted(a, r) and await admitted(a, r)
-    await settled()
+    await settled(fleet, key)
     assert fleet.held(key) == 2
 
 
@@ -216,7 +224,7 @@ async def test_each_ticket_reports_what_was_left_after_it_as_a_direct_admit_woul
     for _ in range(12):
         grant, _ = await a.admit(r, [])
         remaining.append(int(grant.headers["x-ratelimit-remaining-requests"]))
-        await settled()
+        await settled(fleet)
     assert fleet.held() > 12   # tickets were taken
     assert remaining == list(range(999, 987, -1))
 
@@ -323,9 +331,12 @@ async def test_a_multi_admit_refused_on_one_cluster_tag_charges_none(redis_clust
         assert len(plan.calls) == 2   # the key's tag and the model's
         with pytest.raises(LimitExceeded):
             await a._run(plan, "multi", 10, "1000", 16)  # type: ignore[attr-defined]
-        await settled()
-        with redis.RedisCluster(host="127.0.0.1", port=port) as db:
-            assert int(db.zcard("router:{k:team-a}:rpm")) == int(db.zcard("router:{m:gpt-x}:rpm")) == 1
+
+        async def refunded() -> bool:   # the key's tag took 16, refunded once its call came back
+            with redis.RedisCluster(host="127.0.0.1", port=port) as db:
+                return int(db.zcard("router:{k:team-a}:rpm")) == int(db.zcard("router:{m:gpt-x}:rpm")) == 1
+
+        await until(refunded)
     finally:
         await a.close()
 
@@ -336,7 +347,7 @@ async def test_metrics_count_admissions_taken_ahead_used_and_returned(fleet: Fle
     r = adm(key_limits=LimitSpec(rpm=1_000))
     for _ in range(10):
         assert await admitted(a, r)
-        await settled()
+        await settled(fleet)
     held = fleet.held()
     await a.close()
 
