@@ -14,8 +14,8 @@ its requests in flight.
 
 Health comes with each ticket, from its admit: a circuit another replica opened reaches
 this replica's choices up to `life` late. A failure this replica sees drops its tickets at
-once, and so does a target no longer closed. Budgets are charged as answers settle, so a
-combination with a budget is never taken ahead.
+once, and none are taken while a target's circuit is not closed. Budgets are charged as
+answers settle, so a combination with a budget is never taken ahead.
 """
 
 from __future__ import annotations
