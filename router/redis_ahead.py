@@ -45,6 +45,8 @@ def _nothing(amount: float) -> None:
 
 
 class Ticket(NamedTuple):
+    """One admission taken ahead: what it holds, until when, and what its admit reported."""
+
     rid: str
     tokens: int
     deadline: float
@@ -126,8 +128,7 @@ class AheadAdmits:
             return
         if stock.gen != self.gen:
             self._drop(stock)
-        size = tokens if tokens <= MIN_TOKENS else 1 << (tokens - 1).bit_length()
-        size = max(MIN_TOKENS, size)
+        size = max(MIN_TOKENS, 1 << max(0, tokens - 1).bit_length())   # the next power of two
         if self._room(plan, lefts, stock.size, size):
             self._ask(key, stock, stock.size - len(stock.tickets), size)
 

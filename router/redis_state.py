@@ -174,17 +174,17 @@ class RedisState:
 
     # ---- the SharedState interface ------------------------------------------------------
     async def admit(self, adm: Admission, target_ids: Sequence[str]) -> tuple[Grant, dict[str, TargetHealth]]:
-        rid = self._rid()
         day, month, _, _ = self._periods(self._clock())
         ids = tuple(target_ids)
         key = (adm.key, adm.key_limits, adm.key_budget, adm.model, adm.model_limits, ids, day, month)
         plan = self._plans.plan(key, lambda: plan_checks(adm), ids, False, day, month)
         tokens = max(0, adm.tokens)
-        if not plan.calls and not plan.health:
-            return Grant({}, rid, adm.key, (), tokens, "redis", plan=plan), {}
         if self._ahead is not None and (ticket := self._ahead.take(key, tokens)) is not None:
             return Grant(headers_for(plan.checks, ticket.usages), ticket.rid, adm.key, plan.checks, ticket.tokens,
                          "redis", plan=plan), ticket.views
+        rid = self._rid()
+        if not plan.calls and not plan.health:
+            return Grant({}, rid, adm.key, (), tokens, "redis", plan=plan), {}
         undo = False
         if self._link.available():
             try:
