@@ -162,7 +162,7 @@ class Planner:
 
     def spend_keys(self, key: str, day: str, month: str) -> tuple[str, bytes, str]:
         """A key's day spend key, its day and month spend keys (wire format) and the prefix of
-        its paid markers."""
+        its paid sets (one per minute)."""
         spend = self._spend.get((key, day, month))
         if spend is None:
             if len(self._spend) >= PLAN_CACHE:

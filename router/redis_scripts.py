@@ -7,9 +7,11 @@ to the other. redis_state.py composes them (SCRIPTS) and redis_link.py sends the
 
 from router.health import BUCKETS
 
-# How long a reservation's paid marker stops a replayed settle from charging its spend again.
-# Replays come once Redis answers again (the link retries every 15 s at most); a marker per
-# request kept for days would hold millions of keys on a busy proxy.
+# How long a paid set (the ids of the reservations whose spend was charged, one set per key
+# and minute of the settle's first send) stops a replayed settle from charging its spend
+# again. Replays come once Redis answers again (the link retries every 15 s at most); ids
+# kept for days would hold hundreds of millions on a busy proxy. A set, not a key per id:
+# 57 bytes an id in Redis instead of 133, and one key to expire a minute, not one a request.
 PAID_TTL_MS = 600_000
 # The longest an admission taken ahead may live (its entries are stamped that far ahead at
 # most): an rpm key outlives its last admit by a window and this, so no entry dies early.
@@ -314,9 +316,10 @@ return {1, usages, health, claimed, nows}
 
 # KEYS: each op's keys; ARGV: #ops, the health constants (EWMA alpha, error bucket width s,
 # #buckets, health TTL ms), then kind/rid/a/b per op: tpm -> tokens a ("refund" drops the
-# entry), rpm/concurrent -> drop the entry, spend (keys: day, month, a marker per
-# reservation) -> INCRBY a on both, once per reservation if replayed within PAID_TTL_MS; b
-# is the day's TTL (ms), set when a spend makes the key, the month's is 21 times it; lease (a
+# entry), rpm/concurrent -> drop the entry, spend (keys: day, month, the paid set of the
+# minute the settle was first sent) -> INCRBY a on both, once per reservation if replayed
+# within PAID_TTL_MS; b is the day's TTL (ms), set when a spend makes the key, the month's
+# is 21 times it; lease (a
 # concurrency slot still in use) -> its deadline moved to now ('' b: Redis's TIME) + a ms,
 # if it is still held; ok (key: a health hash) -> a successful attempt that was not a
 # probe, latency rid ('' none) into EWMA field a, at time b: LUA_RECORD's rules for that
@@ -348,7 +351,8 @@ for c = 1, tonumber(ARGV[1]) do
   elseif kind == 'spend' then
     local month, marker = KEYS[ki], KEYS[ki + 1]
     ki = ki + 2
-    if redis.call('SET', marker, '1', 'NX', 'PX', PAID_TTL) then
+    if redis.call('SADD', marker, rid) == 1 then
+      redis.call('PEXPIRE', marker, PAID_TTL)
       local n = tonumber(a)   -- a key's TTL is set when its first spend makes it: b outlives a day
       if redis.call('INCRBY', z, a) == n then redis.call('PEXPIRE', z, b) end
       if redis.call('INCRBY', month, a) == n then redis.call('PEXPIRE', month, b * 21) end

@@ -1,13 +1,14 @@
 """Shared state in Redis (standalone or Cluster), one Lua script per decision.
 
 Key layout (prefix "router"; the {hash tag} keeps one scope's counters on one slot):
-  router:{k:<key>}:rpm / :tpm / :tpm:h / :tpm:l / :conc / :spend:<YYYY-MM-DD> / :spend:<YYYY-MM> / :paid:<rid>
+  router:{k:<key>}:rpm / :tpm / :tpm:h / :tpm:l / :conc / :spend:<YYYY-MM-DD> / :spend:<YYYY-MM> / :paid:<minute>
   router:{m:<model>}:rpm / :tpm / :tpm:h / :tpm:l
   router:{t:<target>}:rpm / :tpm / :tpm:h / :tpm:l / :health
 rpm, tpm and concurrency are sorted sets (member = reservation id; score = admit time, or
 lease deadline for :conc); :tpm:h maps id -> tokens, with "_" the running total (see
 redis_scripts.LUA_TPM for its other fields and the TTLs); :tpm:l is
-the ledger that finds a tpm refusal's retry time in O(log n); :paid:<rid> makes a spend
+the ledger that finds a tpm refusal's retry time in O(log n); :paid:<minute> (a set of the
+reservation ids whose spend was charged, by the minute it was first sent) makes a spend
 replayed within ten minutes count once.
 
 Standalone: one EVALSHA per admit covers every limit and the targets' health. Cluster: one
@@ -246,9 +247,10 @@ class RedisState:
                 if g.plan is not None:
                     settles.plan(g.plan, g.rid, gives, used)
         if grant is not None and grant.backend == "redis" and grant.key is not None and (micro := to_micro(cost_usd)) > 0:
-            day, month, _, _ = self._periods(self._clock())
-            day_key, keys, marker = self._plans.spend_keys(grant.key, day, month)
-            settles.spend(day_key, keys, marker + grant.rid, grant.rid, micro, _SPEND_TTL)
+            now = self._clock()
+            day, month, _, _ = self._periods(now)
+            day_key, keys, paid = self._plans.spend_keys(grant.key, day, month)
+            settles.spend(day_key, keys, paid + str(int(now // 60)), grant.rid, micro, _SPEND_TTL)
         return settles
 
     def _settles(self) -> Settles:

@@ -21,7 +21,7 @@ from router.redis_link import BATCH_CALLS
 from router.redis_scripts import PAID_TTL_MS
 from router.state import SharedState, StateSettings
 from tests.fixtures_redis import RedisServer
-from tests.test_redis_faults import QUICK, SlowReplies, until
+from tests.test_redis_faults import QUICK, SlowReplies, recovered, until
 from tests.test_state import admitted
 
 
@@ -68,21 +68,38 @@ async def test_a_settle_replayed_after_it_already_ran_charges_the_budget_once(
     redis_server_factory: Callable[..., RedisServer],
 ) -> None:
     """A settle whose reply timed out is queued and sent again when Redis is back, though it
-    may have run already: the reservation id makes the second one a no-op."""
+    ran already: its reservation id in the paid set of the minute it was first sent makes
+    the second one a no-op, however many minutes later the replay comes."""
     server = redis_server_factory()
+    slow = SlowReplies(server.port, delay=0)
+    now = [1_764_499_985.0]
     budget = Admission("team-a", None, BudgetSpec(daily_usd=1.5), "gpt-x", None, 10)
-    a, b = (create_state(server.url, StateSettings(**QUICK)) for _ in range(2))
+    settings = StateSettings(**{**QUICK, "clock": lambda: now[0], "redis_clock": False})
+    a, b = create_state(await slow.start(), settings), create_state(server.url, settings)
     try:
+        warm, _ = await a.admit(replace(budget, key="team-b"), [])
+        await a.settle(warm, None, None, 0.01)   # Redis has the settle script: a's next one runs
         grant, _ = await a.admit(budget, [])
-        await a.settle(grant, None, None, 1.0)
-        await a.settle(replace(grant, settled=False), None, None, 1.0)  # the same settle, replayed
-        assert await admitted(b, budget)  # $1.00 of $1.50 spent, not $2.00
+        slow.delay = 0.3
+        await a.settle(grant, None, None, 1.0)   # runs in Redis; its reply comes after the timeout
+        assert (await a.ready())[1].startswith("redis down")
+        now[0] += 120
+        slow.delay = 0
+        await until(lambda: recovered(a))   # a's probe finds Redis and replays the settle
+
+        async def replayed() -> bool:   # team-a's paid set was asked twice: the first send and the replay
+            with server.client() as c:
+                return c.info("commandstats").get("cmdstat_sadd", {}).get("calls", 0) == 3
+
+        await until(replayed)
+        assert await admitted(b, budget)   # $1.00 of $1.50 spent, not $2.00
         grant2, _ = await b.admit(budget, [])
-        await b.settle(grant2, None, None, 1.0)  # another request: it does count
+        await b.settle(grant2, None, None, 1.0)   # another request: it does count
         assert not await admitted(b, budget)
     finally:
         await a.close()
         await b.close()
+        await slow.close()
 
 
 async def test_windows_run_on_redis_time_so_a_replica_with_a_fast_clock_cannot_empty_them(
@@ -291,23 +308,27 @@ async def test_concurrent_cluster_admits_share_one_health_read_per_target(redis_
         await s.close()
 
 
-async def test_paid_markers_last_minutes_so_redis_does_not_grow_with_traffic_for_days(
+async def test_paid_ids_are_kept_ten_minutes_in_one_set_per_key_and_minute(
     redis_server_factory: Callable[..., RedisServer],
 ) -> None:
-    """Every priced request leaves a marker for replays; kept for days, a busy proxy's Redis
-    would hold hundreds of millions of them."""
+    """Every priced request leaves its id for replays. Kept for days, a busy proxy's Redis
+    would hold hundreds of millions of them; a key each, twice the memory of a set's member."""
     server = redis_server_factory()
+    now = [1_764_499_985.0]
     priced = Admission("team-a", None, BudgetSpec(daily_usd=100.0), "gpt-x", None, 10)
-    s = create_state(server.url, StateSettings(**QUICK))
+    s = create_state(server.url, StateSettings(**{**QUICK, "clock": lambda: now[0], "redis_clock": False}))
     try:
-        for _ in range(5):
+        ids = []
+        for step in (0, 20, 40, 60, 70):   # three in one minute, two in the next
+            now[0] = 1_764_499_985.0 + step
             grant, _ = await s.admit(priced, [])
             await s.settle(grant, None, None, 0.01)
+            ids.append(grant.rid)
         redis = server.client()
-        markers = [k for k in redis.scan_iter("*:paid:*")]
-        assert len(markers) == 5
-        ttls = [redis.pttl(k) for k in markers]
-        assert all(0 < t <= PAID_TTL_MS for t in ttls), ttls
+        paid = sorted(redis.scan_iter("*:paid:*"), key=lambda k: int(k.rsplit(b":", 1)[1]))
+        assert [sorted(redis.smembers(k)) for k in paid] == [sorted(i.encode() for i in ids[:3]),
+                                                             sorted(i.encode() for i in ids[3:])]
+        assert all(0 < redis.pttl(k) <= PAID_TTL_MS for k in paid)
         spend = [k for k in redis.scan_iter("*:spend:*")]
         assert spend and all(redis.pttl(k) > PAID_TTL_MS for k in spend)   # the spend itself stays
     finally:
