@@ -327,6 +327,17 @@ return {1, usages, health, claimed, nows}
 # their settles (the hash's TTL is set once per error bucket). Built by redis_settles.py.
 LUA_SETTLE = f"local PAID_TTL = '{PAID_TTL_MS}'\n" + """
 local alpha, width, nb, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+-- A batch's ok records of one health hash and error bucket: read once, applied in order
+-- (each EWMA step rounded as it is stored), written once, as if written between them.
+local oks, ok_order = {}, {}
+local function ok_flush(z)
+  local o = oks[z]
+  oks[z] = nil
+  local args = {BI[o.k], o.cur, BN[o.k], o.bn, BE[o.k], o.be, 'cf', '0'}
+  for f in pairs(o.set) do args[#args + 1], args[#args + 2] = f, o.avg[f] end
+  redis.call('HSET', z, unpack(args))
+  if o.rolled then redis.call('PEXPIRE', z, ttl) end   -- the TTL is set again once per bucket
+end
 local ki, ai = 1, 6
 for c = 1, tonumber(ARGV[1]) do
   local kind, rid, a, b = ARGV[ai], ARGV[ai + 1], ARGV[ai + 2], ARGV[ai + 3]
@@ -360,19 +371,24 @@ for c = 1, tonumber(ARGV[1]) do
   elseif kind == 'ok' then
     local now, lat = tonumber(clock(b)), tonumber(rid)
     local cur = math.floor(now / width)
-    local k = cur % nb
-    local bi, bn, be, avg = unpack(redis.call('HMGET', z, BI[k], BN[k], BE[k], a))
-    local rolled = tonumber(bi) ~= cur   -- a new bucket: the TTL is set again once per bucket
-    if rolled then bn, be = 0, '0' end
-    if lat then
-      avg = tonumber(avg)
-      if avg then avg = alpha * lat + (1 - alpha) * avg else avg = lat end
-      redis.call('HSET', z, BI[k], cur, BN[k], tonumber(bn) + 1, BE[k], be, 'cf', '0',
-                 a, string.format('%.6f', avg))
-    else
-      redis.call('HSET', z, BI[k], cur, BN[k], tonumber(bn) + 1, BE[k], be, 'cf', '0')
+    local o = oks[z]
+    if o and o.cur ~= cur then ok_flush(z); o = nil end
+    if not o then
+      local k = cur % nb
+      local bi, bn, be, avg = unpack(redis.call('HMGET', z, BI[k], BN[k], BE[k], a))
+      local rolled = tonumber(bi) ~= cur   -- a new bucket
+      if rolled then bn, be = 0, '0' end
+      o = {cur = cur, k = k, bn = tonumber(bn), be = be, rolled = rolled, avg = {[a] = avg}, got = {[a] = true}, set = {}}
+      oks[z] = o
+      ok_order[#ok_order + 1] = z
     end
-    if rolled then redis.call('PEXPIRE', z, ttl) end
+    o.bn = o.bn + 1
+    if lat then
+      if not o.got[a] then o.avg[a], o.got[a] = redis.call('HGET', z, a), true end
+      local avg = tonumber(o.avg[a])
+      if avg then avg = alpha * lat + (1 - alpha) * avg else avg = lat end
+      o.avg[a], o.set[a] = string.format('%.6f', avg), true
+    end
   elseif kind == 'lease' then
     redis.call('ZADD', z, 'XX', string.format('%.6f', tonumber(clock(b)) + tonumber(a) / 1000), rid)
     redis.call('PEXPIRE', z, a)
@@ -380,5 +396,6 @@ for c = 1, tonumber(ARGV[1]) do
     redis.call('ZREM', z, rid)
   end
 end
+for _, z in ipairs(ok_order) do if oks[z] then ok_flush(z) end end
 return 1
 """

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from router.limits import Admission, BudgetSpec, LimitExceeded, LimitSpec
 from router.redis_link import BATCH_CALLS
 from router.redis_scripts import PAID_TTL_MS
 from router.state import SharedState, StateSettings
-from tests.fixtures_redis import RedisServer
+from tests.fixtures_redis import Clock, RedisServer
 from tests.test_redis_faults import QUICK, SlowReplies, recovered, until
 from tests.test_state import admitted
 
@@ -333,3 +334,46 @@ async def test_paid_ids_are_kept_ten_minutes_in_one_set_per_key_and_minute(
         assert spend and all(redis.pttl(k) > PAID_TTL_MS for k in spend)   # the spend itself stays
     finally:
         await s.close()
+
+
+async def test_ok_records_of_one_target_in_one_settle_call_share_one_read_and_one_write(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """Under load a settle call carries many requests' healthy attempts, most on the same
+    target: its health hash is read and written once, and ends as if written one by one."""
+    server = redis_server_factory()
+    s = create_state(server.url, StateSettings(clock=Clock(), redis_clock=False, redis_timeout_s=2.0))
+    records = [(0.1, False), (0.2, True), (None, False), (0.05, False), (0.3, True)]   # latency, stream
+    redis = server.client()
+
+    def calls() -> dict[str, int]:
+        stats = redis.info("commandstats")
+        return {op: stats.get(f"cmdstat_{op}", {}).get("calls", 0) for op in ("hmget", "hget", "hset")}
+
+    try:
+        await s.health(["one-by-one", "together"])   # connected, scripts loaded
+        redis.config_resetstat()
+        for latency, stream in records:
+            await s.record("one-by-one", True, latency, stream)   # a settle call each
+        assert calls() == {"hmget": 5, "hget": 0, "hset": 5}
+        redis.config_resetstat()
+        for latency, stream in records:
+            s.record_soon("together", True, latency, stream)   # one settle call for all
+        await until(lambda: _health_written(redis, "together", len(records)))
+        assert calls() == {"hmget": 1, "hget": 1, "hset": 1}   # the stream's field read when first met
+        one_by_one, together = (redis.hgetall(f"router:{{t:{t}}}:health") for t in ("one-by-one", "together"))
+        assert together == one_by_one
+        for field, stream in ((b"ew", False), (b"tt", True)):   # each step stored to the microsecond
+            avg: float | None = None
+            for latency, on_stream in records:
+                if latency is not None and on_stream == stream:
+                    alpha = StateSettings().ewma_alpha
+                    avg = latency if avg is None else float(f"{alpha * latency + (1 - alpha) * avg:.6f}")
+            assert together[field] == f"{avg:.6f}".encode()
+        assert redis.pttl("router:{t:together}:health") > 0   # its TTL set when its bucket began
+    finally:
+        await s.close()
+
+
+async def _health_written(redis: Any, target: str, n: int) -> bool:
+    return str(n).encode() in redis.hgetall(f"router:{{t:{target}}}:health").values()
