@@ -328,7 +328,8 @@ return {1, usages, health, claimed, nows}
 LUA_SETTLE = f"local PAID_TTL = '{PAID_TTL_MS}'\n" + """
 local alpha, width, nb, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 -- A batch's ok records of one health hash and error bucket: read once, applied in order
--- (each EWMA step rounded as it is stored), written once, as if written between them.
+-- (each EWMA step rounded as it is stored), written once: the hash ends as if each had
+-- been written on its own.
 local oks, ok_order = {}, {}
 local function ok_flush(z)
   local o = oks[z]

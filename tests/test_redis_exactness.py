@@ -88,7 +88,7 @@ async def test_a_settle_replayed_after_it_already_ran_charges_the_budget_once(
         slow.delay = 0
         await until(lambda: recovered(a))   # a's probe finds Redis and replays the settle
 
-        async def replayed() -> bool:   # team-a's paid set was asked twice: the first send and the replay
+        async def replayed() -> bool:   # the warm-up's paid set asked once, team-a's twice (send, replay)
             with server.client() as c:
                 return c.info("commandstats").get("cmdstat_sadd", {}).get("calls", 0) == 3
 
@@ -363,11 +363,11 @@ async def test_ok_records_of_one_target_in_one_settle_call_share_one_read_and_on
         assert calls() == {"hmget": 1, "hget": 1, "hset": 1}   # the stream's field read when first met
         one_by_one, together = (redis.hgetall(f"router:{{t:{t}}}:health") for t in ("one-by-one", "together"))
         assert together == one_by_one
+        alpha = StateSettings().ewma_alpha
         for field, stream in ((b"ew", False), (b"tt", True)):   # each step stored to the microsecond
             avg: float | None = None
             for latency, on_stream in records:
                 if latency is not None and on_stream == stream:
-                    alpha = StateSettings().ewma_alpha
                     avg = latency if avg is None else float(f"{alpha * latency + (1 - alpha) * avg:.6f}")
             assert together[field] == f"{avg:.6f}".encode()
         assert redis.pttl("router:{t:together}:health") > 0   # its TTL set when its bucket began
