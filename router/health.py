@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 BUCKETS = 6  # error-rate window split in six buckets: the rate forgets old failures smoothly
@@ -55,9 +55,9 @@ def latency_for(h: Latencies, stream: bool) -> float | None:
     return h.latency_ewma
 
 
-@dataclass(frozen=True)
-class TargetHealth:
-    """What the router needs to pick a target; `usable` filters, `score_for` orders."""
+class TargetHealth(NamedTuple):
+    """What the router needs to pick a target; `usable` filters, `score_for` orders (a
+    tuple: one per target on every admit, cheaper to make than a frozen dataclass)."""
 
     state: str  # "closed" | "open" | "half_open"
     latency_ewma: float | None  # seconds to a whole non-stream answer; None before the first success

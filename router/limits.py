@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from router.errors import RATE_LIMIT, SERVER, RouterError
 
@@ -59,9 +59,9 @@ def budget_spec(cfg: _BudgetLike | None) -> BudgetSpec | None:
     return BudgetSpec(cfg.daily_usd, cfg.monthly_usd) if cfg is not None else None
 
 
-@dataclass(frozen=True)
-class Admission:
-    """Everything one client request needs checked before it may go upstream."""
+class Admission(NamedTuple):
+    """Everything one client request needs checked before it may go upstream (a tuple, one
+    per request: cheaper to make than a frozen dataclass)."""
 
     key: str | None  # client key NAME (never the secret); None when the proxy is open
     key_limits: LimitSpec | None
@@ -84,9 +84,9 @@ class Check:
     amount: int
 
 
-@dataclass(frozen=True)
-class Usage:
-    """A limit's state after a check, for the x-ratelimit-* headers."""
+class Usage(NamedTuple):
+    """A limit's state after a check, for the x-ratelimit-* headers (a tuple: made four
+    times a request, where a frozen dataclass's __init__ costs three times as much)."""
 
     limit: int
     remaining: int

@@ -138,7 +138,7 @@ class MemoryState:
         if checks is None:
             if len(self._plans) >= PLAN_CACHE:
                 self._plans.clear()
-            checks = self._plans[ident] = tuple(plan_checks(replace(adm, tokens=0)))
+            checks = self._plans[ident] = tuple(plan_checks(adm._replace(tokens=0)))
         return checks
 
     async def admit(self, adm: Admission, target_ids: Sequence[str]) -> tuple[Grant, dict[str, TargetHealth]]:

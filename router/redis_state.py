@@ -343,7 +343,7 @@ class RedisState:
                 return
             before, after = (x.decode() for x in f.result())
             log_transition(target_id, before, after)
-            set_circuit(self._metrics, {target_id: replace(HEALTHY, state=after)})
+            set_circuit(self._metrics, {target_id: HEALTHY._replace(state=after)})
 
         fut.add_done_callback(done)
         return fut

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -78,7 +77,7 @@ async def test_a_settle_replayed_after_it_already_ran_charges_the_budget_once(
     settings = StateSettings(**{**QUICK, "clock": lambda: now[0], "redis_clock": False})
     a, b = create_state(await slow.start(), settings), create_state(server.url, settings)
     try:
-        warm, _ = await a.admit(replace(budget, key="team-b"), [])
+        warm, _ = await a.admit(budget._replace(key="team-b"), [])
         await a.settle(warm, None, None, 0.01)   # Redis has the settle script: a's next one runs
         grant, _ = await a.admit(budget, [])
         slow.delay = 0.3
