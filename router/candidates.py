@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from router.errors import bad_request, model_not_found
 from router.normalize import Normalized
@@ -11,8 +11,9 @@ from router.strategies import STRATEGIES, HealthMap, usable
 from router.table import ModelGroup, Target
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
+    """A target to try for a public model name (a tuple: one per target per request)."""
+
     public: str
     group: ModelGroup
     target: Target

@@ -12,7 +12,7 @@ import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from router.errors import INVALID_REQUEST, PERMISSION, RouterError
 from router.normalize import Normalized
@@ -68,9 +68,9 @@ class Rule:
         return f"rules[{self.index}] '{self.name}'"
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the rules made of a request: the model names to plan, in order, and a strategy override."""
+class Decision(NamedTuple):
+    """What the rules made of a request: the model names to plan, in order, and a strategy
+    override (a tuple: one per request)."""
 
     rule: Rule | None
     names: list[str]
