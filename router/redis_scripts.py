@@ -319,12 +319,12 @@ return {1, usages, health, claimed, nows}
 # entry), rpm/concurrent -> drop the entry, spend (keys: day, month, the paid set of the
 # minute the settle was first sent) -> INCRBY a on both, once per reservation if replayed
 # within PAID_TTL_MS; b is the day's TTL (ms), set when a spend makes the key, the month's
-# is 21 times it; lease (a
-# concurrency slot still in use) -> its deadline moved to now ('' b: Redis's TIME) + a ms,
-# if it is still held; ok (key: a health hash) -> a successful attempt that was not a
-# probe, latency rid ('' none) into EWMA field a, at time b: LUA_RECORD's rules for that
-# case, which never move the circuit, so many requests' ok records ride in one call with
-# their settles (the hash's TTL is set once per error bucket). Built by redis_settles.py.
+# is 21 times it; lease (a concurrency slot still in use) -> its deadline moved to now ('' b:
+# Redis's TIME) + a ms, if it is still held; ok (key: a health hash) -> a successful attempt
+# that was not a probe, latency rid ('' none) into EWMA field a, at time b: LUA_RECORD's
+# rules for that case, which never move the circuit, so many requests' ok records ride in one
+# call with their settles (the hash's TTL is set once per error bucket). Built by
+# redis_settles.py.
 LUA_SETTLE = f"local PAID_TTL = '{PAID_TTL_MS}'\n" + """
 local alpha, width, nb, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 -- A batch's ok records of one health hash and error bucket: read once, applied in order
