@@ -74,7 +74,7 @@ async def open_events(upstream: Upstream, ex: Exchange, target: Target, endpoint
     resp: UpstreamResponse | None = None
     try:
         try:
-            async with Watchdog(hard) as wd:
+            async with Watchdog(loop, hard) as wd:
                 resp = await upstream.post(adapter.urls[endpoint], payload, headers, min(target.connect_timeout_s, limit))
                 if resp.status != 200:
                     raw = await read_body(resp, target.provider, wd, hard, target.idle_timeout_s, MAX_ERROR_BODY,

@@ -216,7 +216,7 @@ class Proxy:
                 ex.model, ex.provider, ex.vendor_model, ex.price = cand.public, target.provider, target.model, target.price
             else:
                 try:
-                    async with Watchdog(hard) as wd:
+                    async with Watchdog(loop, hard) as wd:
                         resp = await self.upstream.post(adapter.urls[norm.endpoint], payload, headers,
                                                         min(target.connect_timeout_s, limit))
                         if resp.status != 200:

@@ -230,7 +230,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
         rest: list[bytes] = opened.batch[1:]   # events that came in the same read
         opened.batch, opened.first = [], {}    # taken: a held stream keeps no read it has written
         while True:
-            wd = Watchdog(loop.time() + idle)
+            wd = Watchdog(loop, loop.time() + idle)
             try:
                 async with wd:
                     first_out = shape(first_obj, first_raw)
@@ -349,7 +349,7 @@ async def relay_stream(request: web.Request, ex: Exchange, norm: Normalized, pub
         if transport is None or transport.get_write_buffer_size() + len(last) + 8192 < CLIENT_BUFFER_BYTES:
             await response.write_eof(last)   # it fits the socket's buffer: nothing to wait for
         else:
-            async with Watchdog(loop.time() + idle, "client"):
+            async with Watchdog(loop, loop.time() + idle, "client"):
                 await response.write_eof(last)
     except ClientStalled:
         gone = True

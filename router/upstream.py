@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
@@ -133,7 +134,7 @@ class Upstream:
         lines.append(data)
         request = b"".join(lines)
         loop = asyncio.get_running_loop()
-        proto = await self._acquire(origin, connect_s)
+        proto = await self._acquire(origin, connect_s, loop)
         proto.set_response_params(read_until_eof=True, auto_decompress=True, read_timeout=read_s,
                                   read_bufsize=READ_BUFSIZE, max_line_size=MAX_LINE, max_field_size=MAX_LINE)
         deadline = loop.time() + total_s if total_s is not None else None
@@ -185,13 +186,12 @@ class Upstream:
             found = self._targets[url] = (origin, f"POST {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode())
         return found
 
-    async def _acquire(self, origin: _Origin, connect_s: float | None) -> ResponseHandler:
+    async def _acquire(self, origin: _Origin, connect_s: float | None, loop: asyncio.AbstractEventLoop) -> ResponseHandler:
         """A connection: the most recently used idle one still open, else a new one."""
-        loop = asyncio.get_running_loop()
         while True:
             while origin.idle:
                 proto, since = origin.idle.pop()
-                if proto.is_connected() and loop.time() - since < self.keepalive_s:
+                if proto.is_connected() and time.monotonic() - since < self.keepalive_s:
                     origin.busy += 1
                     return proto
                 self._drop(origin, proto)
@@ -238,10 +238,13 @@ class Upstream:
         self._open.discard(resp)
         origin.busy -= 1
         if not self.closed and not proto.should_close and proto.is_connected():
-            origin.idle.append((proto, asyncio.get_running_loop().time()))
+            # time.monotonic, not the loop's clock: asking for the running loop is a getpid
+            # system call on Python 3.11, twice per call here
+            now = time.monotonic()
+            origin.idle.append((proto, now))
             if len(origin.idle) > 1:
                 oldest, since = origin.idle[0]
-                if asyncio.get_running_loop().time() - since >= self.keepalive_s:
+                if now - since >= self.keepalive_s:
                     origin.idle.popleft()
                     self._drop(origin, oldest)
         else:

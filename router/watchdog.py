@@ -15,7 +15,7 @@ from types import TracebackType
 
 
 class Watchdog:
-    """`async with Watchdog(loop.time() + s) as wd:` ... `wd.when = loop.time() + s` per read.
+    """`async with Watchdog(loop, loop.time() + s) as wd:` ... `wd.when = loop.time() + s` per read.
 
     Past `when`, the task is cancelled and the block ends with TimeoutError, as with
     `asyncio.timeout`; `expired` and `phase` stay readable afterwards.
@@ -23,16 +23,18 @@ class Watchdog:
 
     __slots__ = ("when", "phase", "expired", "loop", "_task", "_handle")
 
-    def __init__(self, when: float, phase: str = "upstream") -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, when: float, phase: str = "upstream") -> None:
+        # The caller's loop, not asyncio.get_running_loop(): on Python 3.11 that is a getpid
+        # system call, and two watchdogs are made per stream.
         self.when = when
         self.phase = phase
         self.expired = False
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop
         self._task: asyncio.Task | None = None
         self._handle: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> "Watchdog":
-        self._task = asyncio.current_task()
+        self._task = asyncio.current_task(self.loop)
         self._handle = self.loop.call_at(self.when, self._fire)
         return self
 

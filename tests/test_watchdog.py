@@ -22,7 +22,7 @@ async def test_deadline_moved_on_every_read_arms_no_timer_per_read():
 
     loop.call_at = counting_call_at   # type: ignore[method-assign]
     try:
-        async with Watchdog(loop.time() + 0.2) as wd:
+        async with Watchdog(loop, loop.time() + 0.2) as wd:
             for _ in range(200):
                 await asyncio.sleep(0.001)
                 wd.when = loop.time() + 0.2
@@ -35,7 +35,7 @@ async def test_deadline_moved_on_every_read_arms_no_timer_per_read():
 async def test_silence_past_the_deadline_ends_the_block_with_timeout_error():
     loop = asyncio.get_running_loop()
     with pytest.raises(TimeoutError):
-        async with Watchdog(loop.time() + 0.05, "upstream") as wd:
+        async with Watchdog(loop, loop.time() + 0.05, "upstream") as wd:
             await asyncio.sleep(5)
     assert wd.expired and wd.phase == "upstream"
 
@@ -44,7 +44,7 @@ async def test_deadline_moved_earlier_fires_at_the_earlier_time():
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(TimeoutError):
-        async with Watchdog(loop.time() + 30) as wd:
+        async with Watchdog(loop, loop.time() + 30) as wd:
             wd.rearm(loop.time() + 0.05)
             await asyncio.sleep(5)
     assert loop.time() - started < 5
@@ -54,7 +54,7 @@ async def test_a_cancellation_that_is_not_the_watchdogs_stays_a_cancellation():
     loop = asyncio.get_running_loop()
 
     async def guarded() -> None:
-        async with Watchdog(loop.time() + 30):
+        async with Watchdog(loop, loop.time() + 30):
             await asyncio.sleep(5)
 
     task = asyncio.create_task(guarded())
