@@ -44,9 +44,10 @@ def error_response(err: RouterError) -> web.Response:
 async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     ex = Exchange(request_id(request.headers.get("X-Request-Id")))
     request[EXCHANGE] = ex
-    metrics = request.app[METRICS]
+    app = request.app   # a property chain of its own on each use
+    metrics = app[METRICS]
     metrics.in_flight_add(1)
-    live = request.app[DRAIN].live
+    live = app[DRAIN].live
     live.add(ex)
     try:
         response = await handler(request)
@@ -74,7 +75,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         live.discard(ex)
         metrics.in_flight_add(-1)
         if ex.endpoint:
-            record(metrics, request.app[ACCESS_LOG], ex)
+            record(metrics, app[ACCESS_LOG], ex)
 
 
 async def answer(request: web.Request, ex: Exchange, response: web.StreamResponse) -> None:

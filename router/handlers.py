@@ -43,12 +43,13 @@ def _authenticate(request: web.Request, table: RouteTable) -> ClientKey | None:
 async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     ex = request[EXCHANGE]
     ex.endpoint = endpoint
-    table = request.app[ROUTES].table
+    app = request.app   # a property chain of its own on each use
+    table = app[ROUTES].table
     key = _authenticate(request, table)
     raw = await _read_body(request, table.settings.max_body_bytes)
     norm = normalize(endpoint, raw, table.settings.default_max_tokens)
     ex.stream = norm.stream
-    if request.app[SETTINGS].log_prompts:
+    if app[SETTINGS].log_prompts:
         ex.prompt = norm.body.get("messages", norm.body.get("prompt"))
     if key is not None:
         key.check_models(norm.names)
@@ -62,8 +63,8 @@ async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     tokens = norm.reserve_tokens
     admission = Admission(key.name if key else None, key.limits if key else None, key.budget if key else None,
                           group.name, group.limits, tokens)
-    proxy = request.app[PROXY]
-    grant, health = await request.app[STATE].admit(admission, ids)
+    proxy = app[PROXY]
+    grant, health = await app[STATE].admit(admission, ids)
     ex.headers = grant.headers
     ex.grant = grant
     try:
