@@ -7,7 +7,7 @@ split across reads (or a multi-byte character split across them) waits in the bu
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+from typing import Any
 
 import orjson
 from aiohttp import StreamReader, web
@@ -57,28 +57,46 @@ def payloads(events: bytes) -> list[bytes]:
     return general_payloads(events)
 
 
-async def event_batches(reader: StreamReader) -> AsyncIterator[list[bytes]]:
-    """Yield, per network read, the payloads of the events that read completed. While it
-    waits for the next read it keeps only an unfinished event: a held stream holds no more."""
-    buf = b""
-    async for chunk in reader.iter_any():
-        buf += chunk
-        chunk = b""
-        if b"\r" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            if len(buf) > MAX_EVENT_BYTES:
-                raise SSEError(f"an event of over {MAX_EVENT_BYTES} bytes")
-            continue
-        batch = payloads(buf[:end])
-        buf = buf[end + 2:]
-        if batch:
-            yield batch
-            batch = []
-    tail = _payload(buf.strip(b"\n")) if buf.strip() else None
-    if tail is not None:
-        yield [tail]
+class EventBatches:
+    """Per network read, the payloads of the events that read completed. While it waits for
+    the next read it keeps only an unfinished event: a held stream holds no more. A class,
+    not an async generator: the loop's hooks register every async generator in a weak set
+    on its first step and finalize it after, a cost per stream that buys nothing here."""
+
+    __slots__ = ("_reader", "_buf", "_ended")
+
+    def __init__(self, reader: StreamReader) -> None:
+        self._reader, self._buf, self._ended = reader, b"", False
+
+    def __aiter__(self) -> EventBatches:
+        return self
+
+    async def __anext__(self) -> list[bytes]:
+        while not self._ended:
+            chunk = await self._reader.readany()
+            if not chunk:
+                self._ended = True
+                buf, self._buf = self._buf, b""
+                tail = _payload(buf.strip(b"\n")) if buf.strip() else None
+                if tail is not None:
+                    return [tail]
+                break
+            buf = self._buf + chunk
+            chunk = b""
+            if b"\r" in buf:
+                buf = buf.replace(b"\r\n", b"\n")
+            end = buf.rfind(b"\n\n")
+            if end < 0:
+                if len(buf) > MAX_EVENT_BYTES:
+                    raise SSEError(f"an event of over {MAX_EVENT_BYTES} bytes")
+                self._buf = buf
+                continue
+            batch = payloads(buf[:end])
+            self._buf = buf[end + 2:]
+            if batch:
+                return batch
+        raise StopAsyncIteration
+
 
 
 def encode(obj: Any) -> bytes:

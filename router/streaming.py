@@ -27,7 +27,7 @@ from router.event_template import BURST, EventTemplate
 from router.exchange import Exchange
 from router.metrics import Metrics
 from router.normalize import Normalized
-from router.sse import DONE, EventStream, encode, event_batches
+from router.sse import DONE, EventBatches, EventStream, encode
 from router.table import Target
 from router.watchdog import Watchdog
 from router.upstream import UpstreamResponse
@@ -85,7 +85,7 @@ class Continuer(Protocol):
 async def open_stream(adapter: Adapter, provider: str, resp: UpstreamResponse) -> Opened:
     """Wait for a stream's first event and check it; raises UpstreamError (or the transport's
     error) so the caller can still fall over, since nothing went to the client yet."""
-    upstream = event_batches(resp.content).__aiter__()
+    upstream = EventBatches(resp.content)
     try:
         batch = await anext(upstream, None)
     except (HttpProcessingError, ValueError):

@@ -11,7 +11,7 @@ import pytest
 import aiohttp
 from aiohttp import web
 
-from router.sse import MAX_EVENT_BYTES, SSEError, event_batches, general_payloads, payloads
+from router.sse import MAX_EVENT_BYTES, EventBatches, SSEError, general_payloads, payloads
 
 STREAM = ('data: {"a": "caf\u00e9"}\n\n'
           ": a comment line\n\n"
@@ -52,7 +52,7 @@ async def sse_from(pieces: list[bytes], pause: asyncio.Event | None = None) -> A
 async def read_all(pieces: list[bytes]) -> list[list[bytes]]:
     """Serve `pieces` as separate writes; read them as the relay does."""
     async with sse_from(pieces) as r:
-        return [batch async for batch in event_batches(r.content)]
+        return [batch async for batch in EventBatches(r.content)]
 
 
 @pytest.mark.parametrize("size", [1, 3, 7, 64, len(STREAM)])
@@ -99,7 +99,7 @@ async def test_a_reader_waiting_for_the_next_read_holds_nothing_it_handed_over()
     release = asyncio.Event()
     pieces = [b'data: {"a": 1}\n\ndata: {"b": 2}\n\ndata: {"c"', b': 3}\n\ndata: [DONE]\n\n']
     async with sse_from(pieces, release) as r:
-        batches = event_batches(r.content).__aiter__()
+        batches = EventBatches(r.content).__aiter__()
         first = await anext(batches)
         assert first == [b'{"a": 1}', b'{"b": 2}']
         waiting = asyncio.ensure_future(anext(batches))
