@@ -43,7 +43,7 @@ def _authenticate(request: web.Request, table: RouteTable) -> ClientKey | None:
 async def _generate(request: web.Request, endpoint: str) -> web.StreamResponse:
     ex = request[EXCHANGE]
     ex.endpoint = endpoint
-    app = request.app   # a property chain of its own on each use
+    app = request.app
     table = app[ROUTES].table
     key = _authenticate(request, table)
     raw = await _read_body(request, table.settings.max_body_bytes)

@@ -98,6 +98,5 @@ class EventBatches:
         raise StopAsyncIteration
 
 
-
 def encode(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
