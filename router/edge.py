@@ -76,6 +76,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.in_flight_add(-1)
         if ex.endpoint:
             record(metrics, app[ACCESS_LOG], ex)
+        if not live:
+            app[DRAIN].idle()
 
 
 async def answer(request: web.Request, ex: Exchange, response: web.StreamResponse) -> None:

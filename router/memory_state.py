@@ -212,6 +212,9 @@ class MemoryState:
         if grant is not None:
             self._settle_grant(grant, actual_tokens, cost_usd)
 
+    def send_now(self) -> None:
+        """Nothing waits to be sent: every call is in-process."""
+
     def renew_soon(self, grants: Sequence[Grant]) -> None:
         deadline = self._clock() + self._s.concurrency_lease_s
         for g in grants:

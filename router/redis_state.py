@@ -272,6 +272,9 @@ class RedisState:
                 settles.plan(g.plan, g.rid, RENEW, lease, now)
         self._send(settles)
 
+    def send_now(self) -> None:
+        self._link.send_now()
+
     def settle_soon(self, grant: Grant | None, target: TargetGrant | None, actual_tokens: int | None, cost_usd: float) -> None:
         if target is not None and target.backend == "memory":
             self._local.settle_soon(None, target, actual_tokens, 0.0)

@@ -93,8 +93,9 @@ class SharedState(Protocol):
     counts, its tokens settle to what the vendor used, 0 by default); finally `settle`
     exactly once (repeats are no-ops, and in Redis a replay charges spend once) with the
     target that answered, or None. `renew_soon` extends the concurrency leases of requests
-    still running, so a stream longer than the lease keeps its slot. The `_soon` forms send without waiting: on Redis they
-    ride along with the next pipelined batch, off the request's time."""
+    still running, so a stream longer than the lease keeps its slot. The `_soon` forms send
+    without waiting: on Redis they ride along with the next pipelined batch, off the request's
+    time; `send_now` sends what they queued at once (the last request in flight is done)."""
 
     local: bool  # True when every call is in-process (no I/O)
 
@@ -108,6 +109,7 @@ class SharedState(Protocol):
     def record_soon(self, target_id: str, ok: bool | None, latency_s: float | None, stream: bool = False,
                     probe: bool = False) -> None: ...
     def renew_soon(self, grants: Sequence[Grant]) -> None: ...
+    def send_now(self) -> None: ...
     async def health(self, target_ids: Sequence[str]) -> dict[str, TargetHealth]: ...
     async def ready(self) -> tuple[bool, str]: ...
     async def close(self) -> None: ...
