@@ -41,7 +41,6 @@ def create_app(settings: ServeSettings, table: RouteTable | None = None, *,
     add_routes(app)
     app.router.add_get("/metrics", metrics_handler)
     app[DRAIN] = drain = Drain(settings.shutdown_grace_s)
-    drain.on_idle.append(app[ACCESS_LOG].flush)
     app.on_shutdown.append(drain.begin)
     app.cleanup_ctx.append(drain.ctx)
     app.cleanup_ctx.append(_shared_state)
@@ -64,7 +63,7 @@ async def _shared_state(app: web.Application) -> AsyncIterator[None]:
                                    admit_ahead=settings.admit_ahead, admit_ahead_s=settings.admit_ahead_s)
     state = create_state(settings.redis_url, state_settings, app[METRICS])
     app[STATE] = state
-    app[DRAIN].on_idle.insert(0, state.send_now)   # first: Redis runs it while the log line is written
+    app[DRAIN].on_idle.append(state.send_now)
     yield
     await state.close()
 

@@ -28,10 +28,10 @@ class Drain:
         self.draining = False
         self.live: set[Exchange] = set()
         self._task: asyncio.Task[None] | None = None
-        # What a finished request leaves for the loop's next turn (its settle, its access log
-        # line) batches with other requests'. When the last request in flight is done there is
-        # nobody to batch with, and the next turn may be spent reading the next request first:
-        # then it goes at once, off that request's path.
+        # What a finished request leaves for the loop's next turn (its settle) batches with
+        # other requests'. When the last request in flight is done there is nobody to batch
+        # with, and the next turn may be spent reading the next request first: then it goes at
+        # once, off that request's path.
         self.on_idle: list[Callable[[], None]] = []
 
     def idle(self) -> None:

@@ -74,10 +74,13 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         live.discard(ex)
         metrics.in_flight_add(-1)
-        if ex.endpoint:
-            record(metrics, app[ACCESS_LOG], ex)
         if not live:
-            app[DRAIN].idle()
+            app[DRAIN].idle()   # first: Redis runs the settle while the record is made
+        if ex.endpoint:
+            access_log = app[ACCESS_LOG]
+            record(metrics, access_log, ex)
+            if not live:
+                access_log.flush()
 
 
 async def answer(request: web.Request, ex: Exchange, response: web.StreamResponse) -> None:
